@@ -1,0 +1,585 @@
+package core
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"time"
+
+	"github.com/concordha/concord/core/internal/testhooks"
+)
+
+// Machine is one node's side of the election, as a deterministic state
+// machine. It does no I/O and starts no goroutines: inputs arrive through
+// its methods (views, watched records, results of store operations, the
+// passing of time), and Ready hands out what it wants done (store
+// operations to run) and what happened (role changes, election reports).
+//
+// Node drives a Machine against a real Store; the simulation in core/sim
+// drives many Machines against one in-memory store in a seeded order.
+// Given the same inputs in the same order, a Machine produces the same
+// outputs. A Machine is not safe for concurrent use.
+type Machine struct {
+	cfg  MachineConfig
+	keys Keys
+	mut  testhooks.Mutations
+	rng  *rand.Rand
+	now  time.Time
+
+	session  string // "" while the node has no session
+	memberKV KV     // this node's member record as registered
+
+	view view
+
+	svcs  map[string]*service
+	names []string // sorted service names, for a deterministic order
+
+	pending map[uint64]pendingOp
+	nextID  uint64
+
+	// catchUp is the outstanding re-read of the membership, if any.
+	catchUp *catchUpState
+
+	rdy Ready
+}
+
+// MachineConfig configures a Machine.
+type MachineConfig struct {
+	// Node is this node's ID, unique in the cluster.
+	Node string
+	// Prefix is the cluster's key root; it ends with "/" (or is empty).
+	Prefix string
+	// Services this node provides.
+	Services []ServiceConfig
+	// RetryMin and RetryMax bound the backoff after a store error.
+	RetryMin, RetryMax time.Duration
+	// ElectionTimeout is how long a disqualified node waits for a primary
+	// to appear before it runs the election again. It covers lost wake-ups;
+	// normally the primary record's watch ends the wait.
+	ElectionTimeout time.Duration
+	// Seed seeds the backoff jitter.
+	Seed uint64
+	// Mutations injects deliberate bugs; only packages under core/ can set
+	// it (see core/internal/testhooks). Leave it zero.
+	Mutations testhooks.Mutations
+}
+
+// ServiceConfig declares a service a node provides.
+type ServiceConfig struct {
+	// Name of the service, unique in the cluster (see ValidateName).
+	Name string
+	// Priority breaks ties between providers of the same role and
+	// freshness: higher wins.
+	Priority int
+}
+
+// Request is a store operation the Machine wants run. Run it (alone, in
+// parallel with others, or batched into a Txn) and hand its result to
+// Deliver with the same ID.
+type Request struct {
+	ID uint64
+	Op Op
+}
+
+// Event tells that this node's view of a service changed.
+type Event struct {
+	Service string
+	// Role is this node's role.
+	Role Role
+	// Primary is the node that the primary record names ("" if none).
+	Primary string
+	// Epoch is the membership epoch in which the primary was elected.
+	Epoch int64
+	// Token is the primary's fencing token: the revision of the primary
+	// record. It strictly increases from one primary to the next.
+	Token int64
+}
+
+// Outcome is how an election ended on one node.
+type Outcome string
+
+// Election outcomes.
+const (
+	// OutcomeWon: this node claimed the primary record.
+	OutcomeWon Outcome = "won"
+	// OutcomeKept: this node is the live primary and told the others.
+	OutcomeKept Outcome = "kept"
+	// OutcomeFollowed: a live primary exists elsewhere; nothing to do.
+	OutcomeFollowed Outcome = "followed"
+	// OutcomeDisqualified: a higher-ranked provider exists.
+	OutcomeDisqualified Outcome = "disqualified"
+)
+
+// ElectionReport describes one finished election on this node.
+type ElectionReport struct {
+	Service string
+	Round   Round
+	Outcome Outcome
+	// Ops is the number of store operations the election issued,
+	// including re-reads and retries.
+	Ops int
+	// RoundTrips is the length of its critical path: the most store
+	// operations that had to complete one after another.
+	RoundTrips int
+	Started    time.Time
+	Finished   time.Time
+}
+
+// RosterResult reports a roster change asked for with ChangeRoster.
+type RosterResult struct {
+	ID  uint64
+	Err error
+}
+
+// Ready is what the Machine has for its driver.
+type Ready struct {
+	Requests []Request
+	Events   []Event
+	Reports  []ElectionReport
+	Roster   []RosterResult
+	// Warnings report records the machine could not use (with their keys).
+	Warnings []error
+}
+
+// Empty reports whether there is nothing in r.
+func (r Ready) Empty() bool {
+	return len(r.Requests)+len(r.Events)+len(r.Reports)+len(r.Roster)+len(r.Warnings) == 0
+}
+
+// view is a membership view: the live nodes, each with its session.
+type view struct {
+	known   bool
+	rev     int64 // the snapshot's revision, to drop stale snapshots
+	epoch   int64 // the epoch elections run in: >= rev (see adopt)
+	members map[string]MemberRecord
+}
+
+func (v *view) live(node, session string) bool {
+	m, ok := v.members[node]
+	return ok && m.Session == session
+}
+
+type opKind uint8
+
+const (
+	opRead opKind = iota + 1
+	opCatchUp
+	opWrite
+	opReread
+	opClaim
+	opVacate
+	opRoster
+	opRosterRead
+)
+
+type pendingOp struct {
+	kind   opKind
+	svc    string
+	inst   uint64 // election instance; results for older ones are dropped
+	target string // node whose candidate variable, for writes
+	depth  int    // critical-path length including this op
+	part   int    // which part of a read
+}
+
+type catchUpState struct {
+	id    uint64
+	floor int64
+	depth int
+	svcs  map[string]bool
+}
+
+// NewMachine returns a Machine for cfg. It fails if cfg is invalid.
+func NewMachine(cfg MachineConfig) (*Machine, error) {
+	if err := ValidateName("node ID", cfg.Node); err != nil {
+		return nil, err
+	}
+	if err := validatePrefix(cfg.Prefix); err != nil {
+		return nil, err
+	}
+	if cfg.RetryMin <= 0 {
+		cfg.RetryMin = 50 * time.Millisecond
+	}
+	if cfg.RetryMax < cfg.RetryMin {
+		cfg.RetryMax = max(cfg.RetryMin, 2*time.Second)
+	}
+	if cfg.ElectionTimeout <= 0 {
+		cfg.ElectionTimeout = 10 * time.Second
+	}
+	m := &Machine{
+		cfg:     cfg,
+		keys:    Keys{cfg.Prefix},
+		mut:     cfg.Mutations,
+		rng:     rand.New(rand.NewPCG(cfg.Seed, 0x636f6e636f7264)),
+		svcs:    make(map[string]*service),
+		pending: make(map[uint64]pendingOp),
+	}
+	for _, sc := range cfg.Services {
+		if err := ValidateName("service name", sc.Name); err != nil {
+			return nil, err
+		}
+		if _, dup := m.svcs[sc.Name]; dup {
+			return nil, fmt.Errorf("service %q is declared twice: declare each service once", sc.Name)
+		}
+		m.svcs[sc.Name] = &service{name: sc.Name, prio: sc.Priority}
+		m.names = append(m.names, sc.Name)
+	}
+	sort.Strings(m.names)
+	return m, nil
+}
+
+// Node returns the node's ID.
+func (m *Machine) Node() string { return m.cfg.Node }
+
+// MemberRecord returns the value this node registers under members/ for a
+// session, and the key to register it at.
+func (m *Machine) MemberRecord(session, address string) (key string, value []byte) {
+	rec := MemberRecord{Node: m.cfg.Node, Session: session, Address: address, Services: map[string]ServiceRecord{}}
+	for _, n := range m.names {
+		rec.Services[n] = ServiceRecord{Priority: m.svcs[n].prio}
+	}
+	return m.keys.Member(m.cfg.Node), encode(rec)
+}
+
+// Prefixes returns the key prefixes a driver watches and feeds back:
+// the members (to SetView), the primary records (to SetPrimaries) and
+// the rosters (to SetRosters).
+func (m *Machine) Prefixes() (members, primaries, rosters string) {
+	return m.keys.Members(), m.keys.Primaries(), m.keys.Rosters()
+}
+
+// Ready returns, and forgets, what the machine has for its driver.
+func (m *Machine) Ready() Ready {
+	r := m.rdy
+	m.rdy = Ready{}
+	return r
+}
+
+// Advance tells the machine the time, and runs what falls due by then.
+func (m *Machine) Advance(now time.Time) {
+	if now.After(m.now) {
+		m.now = now
+	}
+	for _, n := range m.names {
+		s := m.svcs[n]
+		if !s.el.deadline.IsZero() && !s.el.deadline.After(m.now) {
+			s.el.deadline = time.Time{}
+			switch s.el.phase {
+			case phBackoff:
+				m.restart(s)
+			case phWaiting:
+				if !m.primaryLive(s) {
+					m.start(s)
+				} else {
+					s.el.phase = phIdle
+				}
+			}
+		}
+		if s.rosterRetry && !s.rosterAt.After(m.now) {
+			s.rosterRetry = false
+			m.pumpRoster(s)
+		}
+	}
+}
+
+// NextDeadline returns when the machine next needs Advance, if ever.
+func (m *Machine) NextDeadline() (time.Time, bool) {
+	var best time.Time
+	for _, n := range m.names {
+		s := m.svcs[n]
+		for _, d := range []time.Time{s.el.deadline, s.rosterDeadline()} {
+			if !d.IsZero() && (best.IsZero() || d.Before(best)) {
+				best = d
+			}
+		}
+	}
+	return best, !best.IsZero()
+}
+
+// SetSession tells the machine that the node holds a session and has
+// registered its member record (kv, as Register returned it). Elections
+// start as soon as the node sees itself in a view.
+func (m *Machine) SetSession(id string, kv KV) {
+	m.session = id
+	m.memberKV = kv
+	for _, n := range m.names {
+		m.start(m.svcs[n])
+	}
+}
+
+// Session returns the session the machine runs under ("" if none).
+func (m *Machine) Session() string { return m.session }
+
+// LoseSession tells the machine that its session is lost or closed. It
+// stops acting as primary at once, drops its elections, and fails its
+// pending roster changes.
+func (m *Machine) LoseSession() {
+	m.session = ""
+	m.memberKV = KV{}
+	m.catchUp = nil
+	for _, n := range m.names {
+		s := m.svcs[n]
+		if !m.mut.IgnoreSessionLoss {
+			m.demote(s)
+		}
+		m.stop(s)
+		m.failRoster(s, ErrNotPrimary)
+		m.emit(s)
+	}
+}
+
+// SetView hands the machine a snapshot of the members prefix.
+func (m *Machine) SetView(snap Snapshot) { m.applyView(snap, 0) }
+
+// applyView installs snap as the view if it is newer; floor raises the
+// epoch (see the catch-up in election.go). It reports whether the epoch
+// elections run in has changed.
+func (m *Machine) applyView(snap Snapshot, floor int64) bool {
+	if snap.Err != nil {
+		return false
+	}
+	if m.view.known && snap.Revision < m.view.rev {
+		return false // an older snapshot than the one we have
+	}
+	members := make(map[string]MemberRecord, len(snap.KVs))
+	for _, kv := range snap.KVs {
+		rec, err := DecodeMember(kv)
+		if err == nil && m.keys.Member(rec.Node) != kv.Key {
+			err = fmt.Errorf("%w: key %q holds the member record of node %q", ErrBadRecord, kv.Key, rec.Node)
+		}
+		if err != nil {
+			m.warn(err)
+			continue
+		}
+		members[rec.Node] = rec
+	}
+	same := m.view.known && sameMembers(m.view.members, members)
+	epoch := max(snap.Revision, floor)
+	if same {
+		epoch = max(epoch, m.view.epoch)
+	}
+	if same && epoch == m.view.epoch {
+		m.view.rev = max(m.view.rev, snap.Revision)
+		return false
+	}
+	m.view = view{known: true, rev: max(snap.Revision, m.view.rev), epoch: epoch, members: members}
+	if m.session != "" && !m.view.live(m.cfg.Node, m.session) {
+		// Our own member record is gone: the store has ended our session,
+		// whatever the session's signal says yet. Stop acting now.
+		for _, n := range m.names {
+			s := m.svcs[n]
+			if !m.mut.IgnoreSessionLoss {
+				m.demote(s)
+			}
+			m.stop(s)
+			m.emit(s)
+		}
+		return true
+	}
+	for _, n := range m.names {
+		s := m.svcs[n]
+		m.start(s)
+		if s.primary {
+			m.pruneRoster(s)
+		}
+	}
+	return true
+}
+
+func sameMembers(a, b map[string]MemberRecord) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, x := range a {
+		y, ok := b[k]
+		if !ok || x.Session != y.Session || x.Address != y.Address || len(x.Services) != len(y.Services) {
+			return false
+		}
+		for s, p := range x.Services {
+			if q, ok := y.Services[s]; !ok || q != p {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// SetPrimaries hands the machine a snapshot of the primary records.
+func (m *Machine) SetPrimaries(snap Snapshot) {
+	if snap.Err != nil {
+		return
+	}
+	byName := make(map[string]KV, len(snap.KVs))
+	for _, kv := range snap.KVs {
+		byName[m.keys.NameIn(m.keys.Primaries(), kv.Key)] = kv
+	}
+	for _, n := range m.names {
+		kv, ok := byName[n]
+		m.observePrimary(m.svcs[n], kv, ok)
+	}
+}
+
+// SetRosters hands the machine a snapshot of the rosters.
+func (m *Machine) SetRosters(snap Snapshot) {
+	if snap.Err != nil {
+		return
+	}
+	byName := make(map[string]KV, len(snap.KVs))
+	for _, kv := range snap.KVs {
+		byName[m.keys.NameIn(m.keys.Rosters(), kv.Key)] = kv
+	}
+	for _, n := range m.names {
+		kv, ok := byName[n]
+		m.observeRoster(m.svcs[n], kv, ok)
+	}
+}
+
+// Deliver hands the machine the result of a Request.
+func (m *Machine) Deliver(id uint64, res OpResult) {
+	p, ok := m.pending[id]
+	if !ok {
+		return
+	}
+	delete(m.pending, id)
+	if p.kind == opCatchUp {
+		m.catchUpDone(id, p, res)
+		return
+	}
+	s := m.svcs[p.svc]
+	switch p.kind {
+	case opVacate:
+		m.vacateDone(s, res)
+		return
+	case opRoster, opRosterRead:
+		m.rosterDone(s, p, res)
+		return
+	}
+	if p.inst != s.el.inst {
+		return // a result for an election we have since abandoned
+	}
+	s.el.outstanding--
+	s.el.depth = max(s.el.depth, p.depth)
+	switch p.kind {
+	case opRead:
+		m.readDone(s, p, res)
+	case opWrite, opReread:
+		m.writeDone(s, p, res)
+	case opClaim:
+		m.claimDone(s, res)
+	}
+}
+
+// Status is a service's state on this node.
+type Status struct {
+	Event
+	// Electing is true while an election for the service runs here: new
+	// requests for the service should be held off (FIG. 4, step 404).
+	Electing bool
+	// Round is the last election round this node ran.
+	Round Round
+}
+
+// Status returns the service's state on this node.
+func (m *Machine) Status(service string) (Status, error) {
+	s, ok := m.svcs[service]
+	if !ok {
+		return Status{}, fmt.Errorf("%w: %q", ErrUnknownService, service)
+	}
+	return Status{Event: m.event(s), Electing: s.el.running(), Round: s.el.round}, nil
+}
+
+// Services returns the names of the services the node provides, sorted.
+func (m *Machine) Services() []string { return append([]string(nil), m.names...) }
+
+// IsPrimary reports whether the node acts as the service's primary.
+func (m *Machine) IsPrimary(service string) bool {
+	s, ok := m.svcs[service]
+	return ok && s.primary
+}
+
+// Token returns the fencing token the node holds for the service, if it
+// is the primary.
+func (m *Machine) Token(service string) (int64, bool) {
+	s, ok := m.svcs[service]
+	if !ok || !s.primary {
+		return 0, false
+	}
+	return s.token, true
+}
+
+// Resign gives up the primary role of a service: the node stops acting as
+// primary at once, then clears the primary record so that another
+// provider is elected. The node ranks last in that election.
+// Errors: ErrUnknownService; ErrNotPrimary if the node is not primary.
+func (m *Machine) Resign(service string) error {
+	s, ok := m.svcs[service]
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrUnknownService, service)
+	}
+	if !s.primary {
+		return fmt.Errorf("%w: %q", ErrNotPrimary, service)
+	}
+	claim := s.claimKV
+	m.demote(s)
+	m.failRoster(s, ErrNotPrimary)
+	s.resigning = true
+	s.resignKV = claim
+	m.emit(s)
+	m.issueVacate(s, 1)
+	return nil
+}
+
+// Resigning reports whether a resignation of the service is still being
+// written to the store.
+func (m *Machine) Resigning(service string) bool {
+	s, ok := m.svcs[service]
+	return ok && s.resigning
+}
+
+func (m *Machine) issueVacate(s *service, depth int) {
+	rec := PrimaryRecord{Epoch: m.view.epoch, Resigned: m.cfg.Node}
+	m.request(pendingOp{kind: opVacate, svc: s.name, depth: depth}, Op{
+		Kind: OpCAS, Key: m.keys.Primary(s.name), Value: encode(rec), Version: s.resignKV.Version,
+	})
+}
+
+func (m *Machine) vacateDone(s *service, res OpResult) {
+	if !s.resigning {
+		return
+	}
+	switch {
+	case res.Err == nil:
+		s.resigning = false
+		m.observePrimaryKV(s, m.decodePrimaryKV(res.KV))
+	case errors.Is(res.Err, ErrConflict), errors.Is(res.Err, ErrNotFound):
+		// The record moved on without us: someone else claimed it.
+		s.resigning = false
+		m.start(s)
+	case m.session == "":
+		// Our session is gone: the record names a dead session, which
+		// the others will replace.
+		s.resigning = false
+	default:
+		m.issueVacate(s, 1)
+	}
+}
+
+func (m *Machine) request(p pendingOp, op Op) uint64 {
+	m.nextID++
+	id := m.nextID
+	m.pending[id] = p
+	m.rdy.Requests = append(m.rdy.Requests, Request{ID: id, Op: op})
+	return id
+}
+
+func (m *Machine) warn(err error) { m.rdy.Warnings = append(m.rdy.Warnings, err) }
+
+func (m *Machine) backoff(failures int) time.Duration {
+	d := m.cfg.RetryMin
+	for i := 1; i < failures && d < m.cfg.RetryMax; i++ {
+		d *= 2
+	}
+	d = min(d, m.cfg.RetryMax)
+	// Jitter in [d/2, d) keeps retrying nodes from moving in lockstep.
+	return d/2 + time.Duration(m.rng.Int64N(int64(d/2)+1))
+}

@@ -1,0 +1,155 @@
+package core
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"sort"
+)
+
+// Records are JSON. Decoding is strict (unknown fields are refused) and
+// every decoding error names the key, so that garbage in the store is
+// reported precisely.
+
+// MemberRecord is a node's entry under members/, bound to its session.
+type MemberRecord struct {
+	Node     string                   `json:"node"`
+	Session  string                   `json:"session"`
+	Address  string                   `json:"address,omitempty"`
+	Services map[string]ServiceRecord `json:"services"`
+}
+
+// ServiceRecord is what a member record says of one service the node
+// provides.
+type ServiceRecord struct {
+	Priority int `json:"priority"`
+}
+
+// PrimaryRecord is the commit point of a service's elections. Its
+// revision in the store is the primary's fencing token: the record is
+// written only by claims and by resignations, never otherwise.
+type PrimaryRecord struct {
+	// Node and Session name the primary; both empty when the service has
+	// no primary (after a resignation).
+	Node    string `json:"node,omitempty"`
+	Session string `json:"session,omitempty"`
+	// Epoch is the membership epoch in which the record was written.
+	Epoch int64 `json:"epoch"`
+	// Resigned names the node that gave the service up, which ranks last
+	// in the next election.
+	Resigned string `json:"resigned,omitempty"`
+}
+
+// RosterRecord says which providers are secondaries and how fresh their
+// state is. The primary writes it.
+type RosterRecord struct {
+	// Token is the fencing token of the primary that wrote the record.
+	Token int64 `json:"token"`
+	// Epoch is the membership epoch the writer saw.
+	Epoch       int64            `json:"epoch"`
+	Secondaries []SecondaryEntry `json:"secondaries"`
+}
+
+// SecondaryEntry is one secondary in a roster.
+type SecondaryEntry struct {
+	Node    string `json:"node"`
+	Session string `json:"session"`
+	// AckToken and AckSeq identify the newest checkpoint the secondary
+	// acknowledged: the token of the primary that sent it, and its
+	// sequence number.
+	AckToken int64 `json:"ack_token,omitempty"`
+	AckSeq   int64 `json:"ack_seq,omitempty"`
+}
+
+// Find returns the index of node's entry, or -1.
+func (r *RosterRecord) Find(node string) int {
+	for i, s := range r.Secondaries {
+		if s.Node == node {
+			return i
+		}
+	}
+	return -1
+}
+
+func (r *RosterRecord) sortEntries() {
+	sort.Slice(r.Secondaries, func(i, j int) bool { return r.Secondaries[i].Node < r.Secondaries[j].Node })
+}
+
+// CandidateRecord is a candidate variable (claims 4 and 16): the best
+// candidate its owner has been told of in a round.
+type CandidateRecord struct {
+	Round   Round  `json:"round"`
+	Node    string `json:"node"`
+	Session string `json:"session"`
+	Rank    Rank   `json:"rank"`
+}
+
+func encode(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Only plain structs of strings and integers are encoded here.
+		panic(fmt.Sprintf("concord: encoding %T: %v", v, err))
+	}
+	return b
+}
+
+func decodeJSON(key string, data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: key %q: %v (the record will be overwritten by the next election; inspect the key if this repeats)", ErrBadRecord, key, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: key %q: trailing data after the JSON record", ErrBadRecord, key)
+	}
+	return nil
+}
+
+// DecodeMember decodes and checks a member record; errors wrap ErrBadRecord
+// and name the key.
+func DecodeMember(kv KV) (MemberRecord, error) {
+	var m MemberRecord
+	if err := decodeJSON(kv.Key, kv.Value, &m); err != nil {
+		return m, err
+	}
+	if err := ValidateName("member record's node", m.Node); err != nil {
+		return m, fmt.Errorf("%w: key %q: %v", ErrBadRecord, kv.Key, err)
+	}
+	if m.Session == "" {
+		return m, fmt.Errorf("%w: key %q: member record has no session", ErrBadRecord, kv.Key)
+	}
+	return m, nil
+}
+
+// DecodePrimary decodes and checks a primary record; errors wrap
+// ErrBadRecord and name the key.
+func DecodePrimary(kv KV) (PrimaryRecord, error) {
+	var p PrimaryRecord
+	if err := decodeJSON(kv.Key, kv.Value, &p); err != nil {
+		return p, err
+	}
+	if (p.Node == "") != (p.Session == "") {
+		return p, fmt.Errorf("%w: key %q: primary record names node %q with session %q: both or neither must be set", ErrBadRecord, kv.Key, p.Node, p.Session)
+	}
+	return p, nil
+}
+
+// DecodeRoster decodes a roster; errors wrap ErrBadRecord and name the key.
+func DecodeRoster(kv KV) (RosterRecord, error) {
+	var r RosterRecord
+	err := decodeJSON(kv.Key, kv.Value, &r)
+	return r, err
+}
+
+// DecodeCandidate decodes and checks a candidate variable; errors wrap
+// ErrBadRecord and name the key.
+func DecodeCandidate(kv KV) (CandidateRecord, error) {
+	var c CandidateRecord
+	if err := decodeJSON(kv.Key, kv.Value, &c); err != nil {
+		return c, err
+	}
+	if c.Node == "" || c.Node != c.Rank.Node {
+		return c, fmt.Errorf("%w: key %q: candidate record names node %q but its rank is for %q", ErrBadRecord, kv.Key, c.Node, c.Rank.Node)
+	}
+	return c, nil
+}
