@@ -1,0 +1,415 @@
+package sim
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/concordha/concord/backends/memory"
+	"github.com/concordha/concord/core"
+)
+
+// checker tests the invariants of design.md against the store's history
+// and the nodes' states, after every step. It reads the store directly,
+// never through a node, and judges ranks with its own code.
+type checker struct {
+	w         *world
+	keys      core.Keys
+	violation *Violation
+
+	owner  map[string]*simNode // session id -> node that was granted it
+	ended  map[string]bool     // sessions the store has ended
+	forced map[string]bool     // sessions ended by force, from outside
+
+	// acting[service][node]: the node acts as the service's primary.
+	acting    map[string]map[string]bool
+	lastToken map[string]int64
+
+	changes []memory.Change
+
+	calmRTTLimit int
+	maxCalmRTT   int
+}
+
+func newChecker(w *world) *checker {
+	keys, _ := core.NewKeys(w.prefix)
+	return &checker{
+		w: w, keys: keys,
+		owner: map[string]*simNode{}, ended: map[string]bool{}, forced: map[string]bool{},
+		acting: map[string]map[string]bool{}, lastToken: map[string]int64{},
+		// The target is 3 round trips; conflicts between concurrent
+		// candidates and a catch-up of a late view can add a few.
+		calmRTTLimit: 8,
+	}
+}
+
+func (c *checker) fail(invariant, format string, args ...any) {
+	if c.violation != nil {
+		return
+	}
+	c.violation = &Violation{Invariant: invariant, Detail: fmt.Sprintf(format, args...), At: c.w.elapsed()}
+	c.w.logf("VIOLATION %s: %s", invariant, c.violation.Detail)
+}
+
+// onChange runs under the store's lock, in commit order: it only records.
+func (c *checker) onChange(ch memory.Change) {
+	c.changes = append(c.changes, ch)
+	switch {
+	case strings.HasPrefix(ch.Key, c.keys.Members()):
+		c.w.dirty[kMembers] = true
+	case strings.HasPrefix(ch.Key, c.keys.Primaries()):
+		c.w.dirty[kPrimaries] = true
+	case strings.HasPrefix(ch.Key, c.keys.Rosters()):
+		c.w.dirty[kRosters] = true
+	}
+}
+
+func (c *checker) sessionGranted(id string, n *simNode) { c.owner[id] = n }
+
+func (c *checker) alive(session string) bool {
+	return session != "" && !c.ended[session] && c.w.srv.SessionAlive(session)
+}
+
+// sessionEnded is told when the store ends a session. Self-fencing: unless
+// it was ended by force from outside, its holder must have stopped acting
+// as primary before this moment, because the client's deadline is
+// earlier than the store's.
+func (c *checker) sessionEnded(id string, forced bool) {
+	if forced {
+		c.forced[id] = true
+	}
+	c.ended[id] = true
+	n := c.owner[id]
+	if forced || n == nil || !n.up || n.session != id {
+		return
+	}
+	for _, s := range sortedSvcs(c.acting) {
+		if c.acting[s][n.id] {
+			c.fail("self-fencing", "%s still acts as primary of %s when the store expires its session %s", n.id, s, id)
+			return
+		}
+	}
+}
+
+// sessionLostLocally: once a node knows its session is gone it must not
+// act as primary of anything.
+func (c *checker) sessionLostLocally(n *simNode, id string) {
+	for _, sc := range n.svcs {
+		if n.m.IsPrimary(sc.Name) {
+			c.fail("self-fencing", "%s still acts as primary of %s after losing session %s", n.id, sc.Name, id)
+			return
+		}
+	}
+}
+
+func (c *checker) nodeReset(n *simNode) {
+	for _, s := range sortedSvcs(c.acting) {
+		delete(c.acting[s], n.id)
+	}
+}
+
+func (c *checker) resigned(n *simNode, svc string) {
+	if n.m.IsPrimary(svc) {
+		c.fail("resign", "%s still acts as primary of %s after resigning", n.id, svc)
+	}
+}
+
+// onEvent tracks who acts as primary. When a node starts to, it must be the
+// only live-session primary of the service, the primary record must name it
+// with its token, and its token must exceed every earlier one.
+func (c *checker) onEvent(n *simNode, ev core.Event) {
+	act := c.acting[ev.Service]
+	if act == nil {
+		act = map[string]bool{}
+		c.acting[ev.Service] = act
+	}
+	if ev.Role != core.RolePrimary {
+		delete(act, n.id)
+		return
+	}
+	if act[n.id] {
+		return
+	}
+	act[n.id] = true
+	if ev.Token <= c.lastToken[ev.Service] {
+		c.fail("one primary chain", "%s became primary of %s with token %d, not above the previous token %d", n.id, ev.Service, ev.Token, c.lastToken[ev.Service])
+		return
+	}
+	c.lastToken[ev.Service] = ev.Token
+	if c.forced[n.session] {
+		return // a node whose session was expired by force may lag; tokens fence it
+	}
+	for _, other := range sortedKeys(act) {
+		o := c.node(other)
+		if other != n.id && o != nil && c.alive(o.session) {
+			c.fail("one primary", "%s and %s both act as primary of %s with live sessions", n.id, other, ev.Service)
+			return
+		}
+	}
+	kv := c.w.srv.Do("checker", core.Op{Kind: core.OpGet, Key: c.keys.Primary(ev.Service)}).KV
+	rec, err := core.DecodePrimary(kv)
+	if err != nil || rec.Node != n.id || rec.Session != n.session || kv.Revision != ev.Token {
+		c.fail("one primary", "%s acts as primary of %s with token %d, but the record says %+v at revision %d (%v)", n.id, ev.Service, ev.Token, rec, kv.Revision, err)
+	}
+}
+
+func (c *checker) node(id string) *simNode {
+	for _, n := range c.w.nodes {
+		if n.id == id {
+			return n
+		}
+	}
+	return nil
+}
+
+func (c *checker) onReport(n *simNode, rep core.ElectionReport) {
+	w := c.w
+	if w.stage > 0 && !rep.Started.Before(w.lastMember) && !rep.Started.Before(w.stageAt) {
+		c.maxCalmRTT = max(c.maxCalmRTT, rep.RoundTrips)
+		w.stats.MaxRTT = c.maxCalmRTT
+		if rep.RoundTrips > c.calmRTTLimit {
+			c.fail("liveness", "%s's election of %s (round %s, %s) took %d sequential round trips with a stable view; the bound is %d",
+				n.id, rep.Service, rep.Round, rep.Outcome, rep.RoundTrips, c.calmRTTLimit)
+		}
+	}
+}
+
+// afterOp checks each change an operation made to a primary record.
+func (c *checker) afterOp(n *simNode, op core.Op, res core.OpResult) {
+	changes := c.changes
+	c.changes = c.changes[:0]
+	for _, ch := range changes {
+		if ch.Deleted || !strings.HasPrefix(ch.Key, c.keys.Primaries()) {
+			continue
+		}
+		svc := c.keys.NameIn(c.keys.Primaries(), ch.Key)
+		next, err := core.DecodePrimary(ch.KV)
+		if err != nil {
+			c.fail("records", "%s wrote an undecodable primary record for %s: %v", n.id, svc, err)
+			return
+		}
+		if next.Node == "" {
+			continue // a resignation
+		}
+		c.w.stats.Claims++
+		var prev core.PrimaryRecord
+		if ch.Prev.Key != "" {
+			prev, _ = core.DecodePrimary(ch.Prev)
+		}
+		// Sticky: a claim never replaces a primary whose session lives.
+		if prev.Node != "" && (prev.Node != next.Node || prev.Session != next.Session) && c.alive(prev.Session) {
+			c.fail("sticky", "%s claimed %s over the live primary %s (session %s)", next.Node, svc, prev.Node, prev.Session)
+			return
+		}
+		c.checkRank(svc, next, prev)
+	}
+}
+
+// checkRank: the claimer must outrank every live provider that was in its
+// view (registered no later than the epoch it claimed in). That is
+// "secondary before spare", "highest-ranked spare at first start" and
+// "the highest-ranked live provider wins" at once.
+func (c *checker) checkRank(svc string, claim, prev core.PrimaryRecord) {
+	srv := c.w.srv
+	members := srv.Snapshot(c.keys.Members())
+	var roster core.RosterRecord
+	hasRoster := false
+	if r := srv.Do("checker", core.Op{Kind: core.OpGet, Key: c.keys.Roster(svc)}); r.Err == nil {
+		if rr, err := core.DecodeRoster(r.KV); err == nil {
+			roster, hasRoster = rr, true
+		}
+	}
+	rank := func(m core.MemberRecord, prio int) core.Rank {
+		r := core.Rank{Class: core.ClassSpare, Priority: prio, Node: m.Node}
+		switch {
+		case prev.Node == "" && prev.Resigned == m.Node:
+			r.Class = core.ClassResigned
+		case hasRoster:
+			if i := roster.Find(m.Node); i >= 0 && roster.Secondaries[i].Session == m.Session {
+				e := roster.Secondaries[i]
+				r.Class, r.FreshToken, r.FreshSeq = core.ClassSecondary, e.AckToken, e.AckSeq
+			}
+		}
+		return r
+	}
+	var winner *core.Rank
+	var others []core.Rank
+	for _, kv := range members.KVs {
+		m, err := core.DecodeMember(kv)
+		if err != nil {
+			continue
+		}
+		sv, ok := m.Services[svc]
+		if !ok || !c.alive(m.Session) {
+			continue
+		}
+		r := rank(m, sv.Priority)
+		if m.Node == claim.Node && m.Session == claim.Session {
+			winner = &r
+			continue
+		}
+		if kv.Revision <= claim.Epoch {
+			others = append(others, r)
+		}
+	}
+	if winner == nil {
+		if !c.forced[claim.Session] && c.alive(claim.Session) {
+			c.fail("rank", "%s claimed %s but is not a live provider", claim.Node, svc)
+		}
+		return
+	}
+	for _, o := range others {
+		if o.Compare(*winner) > 0 {
+			c.fail("rank", "%s (rank %+v) claimed %s although live provider %s ranks higher (%+v)", claim.Node, *winner, svc, o.Node, o)
+			return
+		}
+	}
+}
+
+// afterStep runs after every step; the event-driven checks above cover the
+// invariants, so this only watches for a schedule that runs away.
+func (c *checker) afterStep() {}
+
+// checkSettled runs in the calm phase. Once the membership is stable (every
+// running node has joined and every dead session is gone), the cluster
+// must agree within a bounded number of round trips: each service's
+// primary record names a live provider, that node acts as primary with the
+// record's token, every live provider's candidate variable names it, and
+// every provider knows it.
+func (c *checker) checkSettled() {
+	w := c.w
+	defer func() {
+		if !w.settled && c.violation == nil {
+			w.at(w.cfg.TTL/10, evCheckSettled, nil, nil)
+		}
+	}()
+	if !c.membershipStable() {
+		return
+	}
+	problem := c.agreement()
+	if problem == "" {
+		since := w.lastMember
+		if since.Before(w.stageAt) {
+			since = w.stageAt
+		}
+		w.logf("settled (stage %d) %v after the last membership change", w.stage, w.now().Sub(since))
+		if w.stage > 0 {
+			w.stats.SettleTime = max(w.stats.SettleTime, w.now().Sub(w.lastMember))
+		}
+		w.nextStage()
+		return
+	}
+	// The view is seen one latency after it changes; then a bounded
+	// number of round trips, each at most two latencies.
+	bound := w.cfg.Latency + time.Duration(2*c.calmRTTLimit)*w.cfg.Latency + w.cfg.TTL/10
+	if w.stage > 0 && !w.lastMember.Before(w.stageAt) && w.now().Sub(w.lastMember) > bound {
+		c.fail("liveness", "no agreement %v after the last membership change (bound %v): %s", w.now().Sub(w.lastMember), bound, problem)
+	}
+}
+
+// membershipStable: the store's members are exactly the running nodes,
+// each with the session it holds, and every running node has one.
+func (c *checker) membershipStable() bool {
+	w := c.w
+	snap := w.srv.Snapshot(c.keys.Members())
+	seen := 0
+	for _, kv := range snap.KVs {
+		m, err := core.DecodeMember(kv)
+		if err != nil {
+			return false
+		}
+		n := c.node(m.Node)
+		if n == nil || !n.up || n.session != m.Session {
+			return false
+		}
+		seen++
+	}
+	return seen == len(w.upNodes())
+}
+
+func (c *checker) agreement() string {
+	w := c.w
+	for _, svc := range w.svcs {
+		provs := c.liveProviders(svc)
+		if len(provs) == 0 {
+			continue
+		}
+		r := w.srv.Do("checker", core.Op{Kind: core.OpGet, Key: c.keys.Primary(svc)})
+		if r.Err != nil {
+			return fmt.Sprintf("%s has no primary record (%v)", svc, r.Err)
+		}
+		rec, err := core.DecodePrimary(r.KV)
+		if err != nil || rec.Node == "" {
+			return fmt.Sprintf("%s has no primary (%+v, %v)", svc, rec, err)
+		}
+		p := c.node(rec.Node)
+		if p == nil || !p.up || p.session != rec.Session || !contains(provs, rec.Node) {
+			return fmt.Sprintf("%s's primary record names %s/%s, which is not a live provider", svc, rec.Node, rec.Session)
+		}
+		if tok, ok := p.m.Token(svc); !ok || tok != r.KV.Revision {
+			return fmt.Sprintf("%s: %s is named primary but does not act with token %d", svc, p.id, r.KV.Revision)
+		}
+		for _, q := range provs {
+			cr := w.srv.Do("checker", core.Op{Kind: core.OpGet, Key: c.keys.Candidate(svc, q)})
+			if cr.Err != nil {
+				return fmt.Sprintf("%s: %s has no candidate variable (%v)", svc, q, cr.Err)
+			}
+			cand, err := core.DecodeCandidate(cr.KV)
+			if err != nil || cand.Node != rec.Node {
+				return fmt.Sprintf("%s: %s's candidate variable names %s, not the primary %s (%v)", svc, q, cand.Node, rec.Node, err)
+			}
+			st, err := c.node(q).m.Status(svc)
+			if err != nil || st.Primary != rec.Node || st.Electing {
+				return fmt.Sprintf("%s: %s thinks the primary is %q (electing=%v)", svc, q, st.Primary, st.Electing)
+			}
+		}
+	}
+	return ""
+}
+
+// liveProviders returns the nodes whose live session provides svc, sorted.
+func (c *checker) liveProviders(svc string) []string {
+	var out []string
+	for _, kv := range c.w.srv.Snapshot(c.keys.Members()).KVs {
+		m, err := core.DecodeMember(kv)
+		if err != nil || !c.alive(m.Session) {
+			continue
+		}
+		if _, ok := m.Services[svc]; ok {
+			out = append(out, m.Node)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// secondaries returns the nodes the roster of svc lists with live sessions.
+func (c *checker) secondaries(svc string) []string {
+	r := c.w.srv.Do("checker", core.Op{Kind: core.OpGet, Key: c.keys.Roster(svc)})
+	if r.Err != nil {
+		return nil
+	}
+	rec, err := core.DecodeRoster(r.KV)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range rec.Secondaries {
+		if c.alive(e.Session) {
+			out = append(out, e.Node)
+		}
+	}
+	return out
+}
+
+func sortedSvcs(m map[string]map[string]bool) []string { return sortedKeys(m) }
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
