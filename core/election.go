@@ -111,6 +111,8 @@ type election struct {
 
 	outstanding int
 	reads       int
+	want        int  // reads to wait for
+	listed      bool // this round reads every candidate variable
 	genRetries  int
 	rPrim       recState
 	rRos        rosterState
@@ -190,9 +192,28 @@ func (m *Machine) read(s *service) {
 	el.reads = 0
 	el.rPrim, el.rRos, el.rCands = recState{}, rosterState{}, map[string]candState{}
 	el.sticky, el.top, el.disq, el.targets = false, false, false, nil
+	el.listed = m.mayWrite(s)
+	el.want = 3
 	m.issue(s, pendingOp{kind: opRead, part: 0}, Op{Kind: OpGet, Key: m.keys.Primary(s.name)})
 	m.issue(s, pendingOp{kind: opRead, part: 1}, Op{Kind: OpGet, Key: m.keys.Roster(s.name)})
-	m.issue(s, pendingOp{kind: opRead, part: 2}, Op{Kind: OpList, Key: m.keys.Candidates(s.name)})
+	if el.listed {
+		m.issue(s, pendingOp{kind: opRead, part: 2}, Op{Kind: OpList, Key: m.keys.Candidates(s.name)})
+	} else {
+		m.issue(s, pendingOp{kind: opRead, part: 3}, Op{Kind: OpGet, Key: m.keys.Candidate(s.name, m.cfg.Node)})
+	}
+}
+
+// mayWrite guesses, from the primary record and roster we already know,
+// whether this round will have us write candidate variables: because we
+// are the live primary, or the highest-ranked live provider. Only then do
+// we read every candidate variable; the others read their own alone. The
+// read itself checks the guess, and a wrong one costs a round trip.
+func (m *Machine) mayWrite(s *service) bool {
+	if node, sess, ok := s.prim.named(); ok && m.view.live(node, sess) {
+		return node == m.cfg.Node && sess == m.session
+	}
+	provs := m.providers(s, s.prim, s.ros)
+	return len(provs) > 0 && provs[0].Node == m.cfg.Node
 }
 
 // fail puts the round into backoff after a store error; it restarts
@@ -238,16 +259,34 @@ func (m *Machine) readDone(s *service, p pendingOp, res OpResult) {
 		prefix := m.keys.Candidates(s.name)
 		for _, kv := range res.List.KVs {
 			node := m.keys.NameIn(prefix, kv.Key)
-			el.rCands[node] = m.decodeCandKV(kv, node)
+			el.rCands[node] = m.decodeCandKV(kv)
+		}
+	case 3:
+		switch {
+		case errors.Is(res.Err, ErrNotFound):
+		case res.Err != nil:
+			m.fail(s)
+			return
+		default:
+			el.rCands[m.cfg.Node] = m.decodeCandKV(res.KV)
 		}
 	}
 	el.reads++
-	if el.reads == 3 {
+	if el.reads == el.want {
 		m.decide(s)
 	}
 }
 
 func (m *Machine) decodePrimaryKV(kv KV) recState {
+	if c, ok := m.decoded[kv.Key].(recState); ok && c.kv.Revision == kv.Revision {
+		return c
+	}
+	st := m.decodePrimaryUncached(kv)
+	m.decoded[kv.Key] = st
+	return st
+}
+
+func (m *Machine) decodePrimaryUncached(kv KV) recState {
 	st := recState{kv: kv, exists: true}
 	rec, err := DecodePrimary(kv)
 	if err == nil && rec.Epoch > kv.Revision {
@@ -263,6 +302,15 @@ func (m *Machine) decodePrimaryKV(kv KV) recState {
 }
 
 func (m *Machine) decodeRosterKV(kv KV) rosterState {
+	if c, ok := m.decoded[kv.Key].(rosterState); ok && c.kv.Revision == kv.Revision {
+		return c
+	}
+	st := m.decodeRosterUncached(kv)
+	m.decoded[kv.Key] = st
+	return st
+}
+
+func (m *Machine) decodeRosterUncached(kv KV) rosterState {
 	st := rosterState{kv: kv, exists: true}
 	rec, err := DecodeRoster(kv)
 	if err == nil && (rec.Epoch > kv.Revision || rec.Token > kv.Revision) {
@@ -277,7 +325,16 @@ func (m *Machine) decodeRosterKV(kv KV) rosterState {
 	return st
 }
 
-func (m *Machine) decodeCandKV(kv KV, owner string) candState {
+func (m *Machine) decodeCandKV(kv KV) candState {
+	if c, ok := m.decoded[kv.Key].(candState); ok && c.kv.Revision == kv.Revision {
+		return c
+	}
+	st := m.decodeCandUncached(kv)
+	m.decoded[kv.Key] = st
+	return st
+}
+
+func (m *Machine) decodeCandUncached(kv KV) candState {
 	st := candState{kv: kv, exists: true}
 	rec, err := DecodeCandidate(kv)
 	if err == nil && (rec.Round.Epoch > kv.Revision || rec.Round.Gen > kv.Revision) {
@@ -313,6 +370,13 @@ func (m *Machine) decide(s *service) {
 		m.requestCatchUp(s, seen)
 		return
 	}
+	// A read that left before a write we already know of (our own claim,
+	// say, or a record a watch brought) is stale: read again.
+	if s.prim.exists && (!el.rPrim.exists || el.rPrim.kv.Revision < s.prim.kv.Revision) ||
+		s.ros.exists && (!el.rRos.exists || el.rRos.kv.Revision < s.ros.kv.Revision) {
+		m.restart(s)
+		return
+	}
 	gen := int64(0)
 	if el.rPrim.exists {
 		gen = el.rPrim.kv.Revision
@@ -345,6 +409,9 @@ func (m *Machine) decide(s *service) {
 		if s.resigning || !s.primary {
 			// We are clearing the record; or we gave the role up locally.
 			m.finish(s, OutcomeFollowed)
+			return
+		}
+		if m.needList(s) {
 			return
 		}
 		el.sticky, el.top = true, true
@@ -385,7 +452,24 @@ func (m *Machine) decide(s *service) {
 		m.finish(s, OutcomeDisqualified)
 		return
 	}
+	if m.needList(s) {
+		return
+	}
 	m.writeTargets(s, m.providerNames(s))
+}
+
+// needList reads every candidate variable if step 2 read only our own
+// (mayWrite guessed wrong); decide runs again when the list is in.
+func (m *Machine) needList(s *service) bool {
+	el := &s.el
+	if el.listed {
+		return false
+	}
+	el.listed = true
+	el.want++
+	el.phase = phReading
+	m.issue(s, pendingOp{kind: opRead, part: 2}, Op{Kind: OpList, Key: m.keys.Candidates(s.name)})
+	return true
 }
 
 // providers returns the live providers of s with their ranks, highest
@@ -466,6 +550,9 @@ func (m *Machine) writeTargets(s *service, names []string) {
 	el.phase = phWriting
 	el.targets = make(map[string]*target, len(names))
 	var writes []*target
+	if m.mut.SkipCandidateCAS {
+		names = []string{m.cfg.Node} // the injected bug
+	}
 	for _, n := range names {
 		t := &target{node: n, cur: el.rCands[n]}
 		el.targets[n] = t
@@ -530,7 +617,7 @@ func (m *Machine) writeDone(s *service, p pendingOp, res OpResult) {
 		}
 	case p.kind == opReread && (res.Err == nil || errors.Is(res.Err, ErrNotFound)):
 		if res.Err == nil {
-			t.cur = m.decodeCandKV(res.KV, t.node)
+			t.cur = m.decodeCandKV(res.KV)
 		} else {
 			t.cur = candState{}
 		}
@@ -585,17 +672,16 @@ func (m *Machine) claim(s *service) {
 }
 
 func (m *Machine) claimDone(s *service, res OpResult) {
-	el := &s.el
 	switch {
 	case res.Err == nil:
-		m.becomePrimary(s, res.KV)
-		m.finish(s, OutcomeWon)
-	case m.mut.SkipClaimCAS && isCASFailure(res.Err):
-		// The injected bug: act as primary although the swap failed.
-		kv := el.rPrim.kv
-		kv.Revision++
-		m.becomePrimary(s, kv)
-		m.finish(s, OutcomeWon)
+		// The record now names us; observing it makes us primary, unless
+		// we resigned meanwhile.
+		m.observePrimaryKV(s, m.decodePrimaryKV(res.KV))
+		if s.primary {
+			m.finish(s, OutcomeWon)
+		} else {
+			m.finish(s, OutcomeFollowed)
+		}
 	case isCASFailure(res.Err):
 		// The world moved: start again from step 2.
 		m.restart(s)
@@ -603,17 +689,6 @@ func (m *Machine) claimDone(s *service, res OpResult) {
 		// The claim may or may not have applied; reading tells.
 		m.fail(s)
 	}
-}
-
-func (m *Machine) becomePrimary(s *service, kv KV) {
-	s.primary = true
-	s.token = kv.Revision
-	s.claimKV = kv
-	if kv.Key != "" {
-		m.observePrimaryKV(s, m.decodePrimaryKV(kv))
-	}
-	m.pruneRoster(s)
-	m.emit(s)
 }
 
 func (m *Machine) demote(s *service) {
@@ -731,6 +806,13 @@ func (m *Machine) observePrimaryKV(s *service, st recState) {
 		s.token = st.kv.Revision
 		s.claimKV = st.kv
 		m.pruneRoster(s)
+		if !s.el.running() {
+			// Tell every provider, in the current view's round (steps
+			// 620-624).
+			m.emit(s)
+			m.start(s)
+			return
+		}
 	}
 	m.emit(s)
 	if !m.primaryLive(s) {
@@ -743,12 +825,13 @@ func (m *Machine) observePrimaryKV(s *service, st recState) {
 	}
 }
 
-func (m *Machine) observePrimary(s *service, kv KV, exists bool) {
-	st := recState{}
-	if exists {
-		st = m.decodePrimaryKV(kv)
+// observePrimary takes in a watched primary record (decoding it only if
+// it is newer than the one we know).
+func (m *Machine) observePrimary(s *service, kv KV) {
+	if s.prim.exists && kv.Revision <= s.prim.kv.Revision {
+		return
 	}
-	m.observePrimaryKV(s, st)
+	m.observePrimaryKV(s, m.decodePrimaryKV(kv))
 }
 
 func (m *Machine) primaryLive(s *service) bool {
@@ -763,12 +846,11 @@ func (m *Machine) observeRosterKV(s *service, st rosterState) {
 	}
 }
 
-func (m *Machine) observeRoster(s *service, kv KV, exists bool) {
-	st := rosterState{}
-	if exists {
-		st = m.decodeRosterKV(kv)
+func (m *Machine) observeRoster(s *service, kv KV) {
+	if s.ros.exists && kv.Revision <= s.ros.kv.Revision {
+		return
 	}
-	m.observeRosterKV(s, st)
+	m.observeRosterKV(s, m.decodeRosterKV(kv))
 }
 
 func (m *Machine) event(s *service) Event {

@@ -31,6 +31,13 @@ type Machine struct {
 	memberKV KV     // this node's member record as registered
 
 	view view
+	// members caches decoded member records by key, with the revision
+	// they were decoded at: a view repeats most of the previous one.
+	members map[string]memberEntry
+	// decoded caches decoded primary records, rosters and candidate
+	// variables by key (each with the revision it was decoded at), so that
+	// a record read again or watched again is not decoded again.
+	decoded map[string]any
 
 	svcs  map[string]*service
 	names []string // sorted service names, for a deterministic order
@@ -160,6 +167,12 @@ func (v *view) live(node, session string) bool {
 	return ok && m.Session == session
 }
 
+type memberEntry struct {
+	rev int64
+	rec MemberRecord
+	err error
+}
+
 type opKind uint8
 
 const (
@@ -213,6 +226,8 @@ func NewMachine(cfg MachineConfig) (*Machine, error) {
 		rng:     rand.New(rand.NewPCG(cfg.Seed, 0x636f6e636f7264)),
 		svcs:    make(map[string]*service),
 		pending: make(map[uint64]pendingOp),
+		members: make(map[string]memberEntry),
+		decoded: make(map[string]any),
 	}
 	for _, sc := range cfg.Services {
 		if err := ValidateName("service name", sc.Name); err != nil {
@@ -342,17 +357,25 @@ func (m *Machine) applyView(snap Snapshot, floor int64) bool {
 		return false // an older snapshot than the one we have
 	}
 	members := make(map[string]MemberRecord, len(snap.KVs))
+	cache := make(map[string]memberEntry, len(snap.KVs))
 	for _, kv := range snap.KVs {
-		rec, err := DecodeMember(kv)
-		if err == nil && m.keys.Member(rec.Node) != kv.Key {
-			err = fmt.Errorf("%w: key %q holds the member record of node %q", ErrBadRecord, kv.Key, rec.Node)
+		e, ok := m.members[kv.Key]
+		if !ok || e.rev != kv.Revision {
+			e = memberEntry{rev: kv.Revision}
+			e.rec, e.err = DecodeMember(kv)
+			if e.err == nil && m.keys.Member(e.rec.Node) != kv.Key {
+				e.err = fmt.Errorf("%w: key %q holds the member record of node %q", ErrBadRecord, kv.Key, e.rec.Node)
+			}
+			if e.err != nil {
+				m.warn(e.err)
+			}
 		}
-		if err != nil {
-			m.warn(err)
-			continue
+		cache[kv.Key] = e
+		if e.err == nil {
+			members[e.rec.Node] = e.rec
 		}
-		members[rec.Node] = rec
 	}
+	m.members = cache
 	same := m.view.known && sameMembers(m.view.members, members)
 	epoch := max(snap.Revision, floor)
 	if same {
@@ -414,8 +437,9 @@ func (m *Machine) SetPrimaries(snap Snapshot) {
 		byName[m.keys.NameIn(m.keys.Primaries(), kv.Key)] = kv
 	}
 	for _, n := range m.names {
-		kv, ok := byName[n]
-		m.observePrimary(m.svcs[n], kv, ok)
+		if kv, ok := byName[n]; ok {
+			m.observePrimary(m.svcs[n], kv)
+		}
 	}
 }
 
@@ -429,8 +453,9 @@ func (m *Machine) SetRosters(snap Snapshot) {
 		byName[m.keys.NameIn(m.keys.Rosters(), kv.Key)] = kv
 	}
 	for _, n := range m.names {
-		kv, ok := byName[n]
-		m.observeRoster(m.svcs[n], kv, ok)
+		if kv, ok := byName[n]; ok {
+			m.observeRoster(m.svcs[n], kv)
+		}
 	}
 }
 
@@ -455,7 +480,12 @@ func (m *Machine) Deliver(id uint64, res OpResult) {
 		return
 	}
 	if p.inst != s.el.inst {
-		return // a result for an election we have since abandoned
+		// A result for a round we have since abandoned. A claim's answer
+		// is still the commit point of the store: take it in.
+		if p.kind == opClaim && res.Err == nil {
+			m.observePrimaryKV(s, m.decodePrimaryKV(res.KV))
+		}
+		return
 	}
 	s.el.outstanding--
 	s.el.depth = max(s.el.depth, p.depth)

@@ -1,15 +1,13 @@
 package core
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"sort"
 )
 
-// Records are JSON. Decoding is strict (unknown fields are refused) and
-// every decoding error names the key, so that garbage in the store is
-// reported precisely.
+// Records are JSON, readable with the store's own tools. Every decoding
+// error names the key, so that garbage in the store is reported precisely.
 
 // MemberRecord is a node's entry under members/, bound to its session.
 type MemberRecord struct {
@@ -94,13 +92,10 @@ func encode(v any) []byte {
 }
 
 func decodeJSON(key string, data []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	// Unknown fields are allowed: a newer concord may add some, and a
+	// rolling upgrade runs old and new nodes side by side.
+	if err := json.Unmarshal(data, v); err != nil {
 		return fmt.Errorf("%w: key %q: %v (the record will be overwritten by the next election; inspect the key if this repeats)", ErrBadRecord, key, err)
-	}
-	if dec.More() {
-		return fmt.Errorf("%w: key %q: trailing data after the JSON record", ErrBadRecord, key)
 	}
 	return nil
 }

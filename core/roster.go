@@ -141,7 +141,12 @@ func (m *Machine) pumpRoster(s *service) {
 	if s.ros.exists {
 		op.Kind, op.Version = OpCAS, s.ros.kv.Version
 	}
-	op.Guards = []Guard{{Key: m.keys.Primary(s.name), Version: s.claimKV.Version}}
+	// Only while our claim stands and our session lives: a write that
+	// lands after either has ended would change ranks under an election.
+	op.Guards = []Guard{
+		{Key: m.keys.Primary(s.name), Version: s.claimKV.Version},
+		{Key: m.memberKV.Key, Version: m.memberKV.Version},
+	}
 	s.rosterInflight = true
 	s.rosterBatch = applied
 	s.rosterInst++

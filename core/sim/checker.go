@@ -27,6 +27,7 @@ type checker struct {
 	lastToken map[string]int64
 
 	changes []memory.Change
+	members map[string]memberDecoded // member records by key, decoded once per revision
 
 	calmRTTLimit int
 	maxCalmRTT   int
@@ -38,6 +39,7 @@ func newChecker(w *world) *checker {
 		w: w, keys: keys,
 		owner: map[string]*simNode{}, ended: map[string]bool{}, forced: map[string]bool{},
 		acting: map[string]map[string]bool{}, lastToken: map[string]int64{},
+		members: map[string]memberDecoded{},
 		// The target is 3 round trips; conflicts between concurrent
 		// candidates and a catch-up of a late view can add a few.
 		calmRTTLimit: 8,
@@ -147,7 +149,7 @@ func (c *checker) onEvent(n *simNode, ev core.Event) {
 			return
 		}
 	}
-	kv := c.w.srv.Do("checker", core.Op{Kind: core.OpGet, Key: c.keys.Primary(ev.Service)}).KV
+	kv := c.get(c.keys.Primary(ev.Service)).KV
 	rec, err := core.DecodePrimary(kv)
 	if err != nil || rec.Node != n.id || rec.Session != n.session || kv.Revision != ev.Token {
 		c.fail("one primary", "%s acts as primary of %s with token %d, but the record says %+v at revision %d (%v)", n.id, ev.Service, ev.Token, rec, kv.Revision, err)
@@ -215,7 +217,7 @@ func (c *checker) checkRank(svc string, claim, prev core.PrimaryRecord) {
 	members := srv.Snapshot(c.keys.Members())
 	var roster core.RosterRecord
 	hasRoster := false
-	if r := srv.Do("checker", core.Op{Kind: core.OpGet, Key: c.keys.Roster(svc)}); r.Err == nil {
+	if r := c.get(c.keys.Roster(svc)); r.Err == nil {
 		if rr, err := core.DecodeRoster(r.KV); err == nil {
 			roster, hasRoster = rr, true
 		}
@@ -236,7 +238,7 @@ func (c *checker) checkRank(svc string, claim, prev core.PrimaryRecord) {
 	var winner *core.Rank
 	var others []core.Rank
 	for _, kv := range members.KVs {
-		m, err := core.DecodeMember(kv)
+		m, err := c.member(kv)
 		if err != nil {
 			continue
 		}
@@ -287,7 +289,7 @@ func (c *checker) checkSettled() {
 	if !c.membershipStable() {
 		return
 	}
-	problem := c.agreement()
+	invariant, problem := c.agreement()
 	if problem == "" {
 		since := w.lastMember
 		if since.Before(w.stageAt) {
@@ -304,7 +306,7 @@ func (c *checker) checkSettled() {
 	// number of round trips, each at most two latencies.
 	bound := w.cfg.Latency + time.Duration(2*c.calmRTTLimit)*w.cfg.Latency + w.cfg.TTL/10
 	if w.stage > 0 && !w.lastMember.Before(w.stageAt) && w.now().Sub(w.lastMember) > bound {
-		c.fail("liveness", "no agreement %v after the last membership change (bound %v): %s", w.now().Sub(w.lastMember), bound, problem)
+		c.fail(invariant, "not settled %v after the last membership change (bound %v): %s", w.now().Sub(w.lastMember), bound, problem)
 	}
 }
 
@@ -315,7 +317,7 @@ func (c *checker) membershipStable() bool {
 	snap := w.srv.Snapshot(c.keys.Members())
 	seen := 0
 	for _, kv := range snap.KVs {
-		m, err := core.DecodeMember(kv)
+		m, err := c.member(kv)
 		if err != nil {
 			return false
 		}
@@ -328,51 +330,51 @@ func (c *checker) membershipStable() bool {
 	return seen == len(w.upNodes())
 }
 
-func (c *checker) agreement() string {
+func (c *checker) agreement() (invariant, problem string) {
 	w := c.w
 	for _, svc := range w.svcs {
 		provs := c.liveProviders(svc)
 		if len(provs) == 0 {
 			continue
 		}
-		r := w.srv.Do("checker", core.Op{Kind: core.OpGet, Key: c.keys.Primary(svc)})
+		r := c.get(c.keys.Primary(svc))
 		if r.Err != nil {
-			return fmt.Sprintf("%s has no primary record (%v)", svc, r.Err)
+			return "liveness", fmt.Sprintf("%s has no primary record (%v)", svc, r.Err)
 		}
 		rec, err := core.DecodePrimary(r.KV)
 		if err != nil || rec.Node == "" {
-			return fmt.Sprintf("%s has no primary (%+v, %v)", svc, rec, err)
+			return "liveness", fmt.Sprintf("%s has no primary (%+v, %v)", svc, rec, err)
 		}
 		p := c.node(rec.Node)
 		if p == nil || !p.up || p.session != rec.Session || !contains(provs, rec.Node) {
-			return fmt.Sprintf("%s's primary record names %s/%s, which is not a live provider", svc, rec.Node, rec.Session)
+			return "liveness", fmt.Sprintf("%s's primary record names %s/%s, which is not a live provider", svc, rec.Node, rec.Session)
 		}
 		if tok, ok := p.m.Token(svc); !ok || tok != r.KV.Revision {
-			return fmt.Sprintf("%s: %s is named primary but does not act with token %d", svc, p.id, r.KV.Revision)
+			return "liveness", fmt.Sprintf("%s: %s is named primary but does not act with token %d", svc, p.id, r.KV.Revision)
 		}
 		for _, q := range provs {
-			cr := w.srv.Do("checker", core.Op{Kind: core.OpGet, Key: c.keys.Candidate(svc, q)})
+			cr := c.get(c.keys.Candidate(svc, q))
 			if cr.Err != nil {
-				return fmt.Sprintf("%s: %s has no candidate variable (%v)", svc, q, cr.Err)
+				return "agreement", fmt.Sprintf("%s: %s has no candidate variable (%v)", svc, q, cr.Err)
 			}
 			cand, err := core.DecodeCandidate(cr.KV)
 			if err != nil || cand.Node != rec.Node {
-				return fmt.Sprintf("%s: %s's candidate variable names %s, not the primary %s (%v)", svc, q, cand.Node, rec.Node, err)
+				return "agreement", fmt.Sprintf("%s: %s's candidate variable names %s, not the primary %s (%v)", svc, q, cand.Node, rec.Node, err)
 			}
 			st, err := c.node(q).m.Status(svc)
 			if err != nil || st.Primary != rec.Node || st.Electing {
-				return fmt.Sprintf("%s: %s thinks the primary is %q (electing=%v)", svc, q, st.Primary, st.Electing)
+				return "agreement", fmt.Sprintf("%s: %s thinks the primary is %q (electing=%v)", svc, q, st.Primary, st.Electing)
 			}
 		}
 	}
-	return ""
+	return "", ""
 }
 
 // liveProviders returns the nodes whose live session provides svc, sorted.
 func (c *checker) liveProviders(svc string) []string {
 	var out []string
 	for _, kv := range c.w.srv.Snapshot(c.keys.Members()).KVs {
-		m, err := core.DecodeMember(kv)
+		m, err := c.member(kv)
 		if err != nil || !c.alive(m.Session) {
 			continue
 		}
@@ -386,7 +388,7 @@ func (c *checker) liveProviders(svc string) []string {
 
 // secondaries returns the nodes the roster of svc lists with live sessions.
 func (c *checker) secondaries(svc string) []string {
-	r := c.w.srv.Do("checker", core.Op{Kind: core.OpGet, Key: c.keys.Roster(svc)})
+	r := c.get(c.keys.Roster(svc))
 	if r.Err != nil {
 		return nil
 	}
@@ -401,6 +403,32 @@ func (c *checker) secondaries(svc string) []string {
 		}
 	}
 	return out
+}
+
+// get reads a key as it is, around any injected fault.
+func (c *checker) get(key string) core.OpResult {
+	for _, kv := range c.w.srv.Snapshot(key).KVs {
+		if kv.Key == key {
+			return core.OpResult{KV: kv}
+		}
+	}
+	return core.OpResult{Err: core.ErrNotFound}
+}
+
+type memberDecoded struct {
+	rev int64
+	rec core.MemberRecord
+	err error
+}
+
+func (c *checker) member(kv core.KV) (core.MemberRecord, error) {
+	d, ok := c.members[kv.Key]
+	if !ok || d.rev != kv.Revision {
+		d = memberDecoded{rev: kv.Revision}
+		d.rec, d.err = core.DecodeMember(kv)
+		c.members[kv.Key] = d
+	}
+	return d.rec, d.err
 }
 
 func sortedSvcs(m map[string]map[string]bool) []string { return sortedKeys(m) }

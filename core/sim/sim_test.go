@@ -2,64 +2,101 @@ package sim
 
 import (
 	"flag"
-	"github.com/concordha/concord/core/internal/testhooks"
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 )
 
 var (
 	seedFlag  = flag.Uint64("seed", 0, "replay this seed (TestReplay)")
-	seedsFlag = flag.Int("seeds", 200, "how many seeded schedules TestSchedules runs")
+	seedsFlag = flag.Int("seeds", 5000, "how many seeded schedules TestSchedules runs")
 	firstSeed = flag.Uint64("first", 1, "the first seed TestSchedules runs")
+	workers   = flag.Int("workers", 2, "schedules run at once")
+	soak      = flag.Bool("soak", false, "also run the largest shapes")
 )
 
+// TestSchedules plays -seeds seeded schedules and fails on the first
+// broken invariant, printing the seed, the command that replays it and
+// the tail of its trace.
 func TestSchedules(t *testing.T) {
-	for i := 0; i < *seedsFlag; i++ {
-		seed := *firstSeed + uint64(i)
-		res := Run(Config{Seed: seed})
-		if res.Violation != nil {
-			t.Fatalf("%s", res.Report())
-		}
+	var next atomic.Uint64
+	next.Store(*firstSeed)
+	last := *firstSeed + uint64(*seedsFlag)
+	var mu sync.Mutex
+	var failed []Result
+	var wg sync.WaitGroup
+	for i := 0; i < *workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				seed := next.Add(1) - 1
+				if seed >= last {
+					return
+				}
+				if res := Run(Config{Seed: seed}); res.Violation != nil {
+					mu.Lock()
+					failed = append(failed, res)
+					mu.Unlock()
+					next.Store(last) // stop the others early
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for _, res := range failed {
+		t.Errorf("%s", res.Report())
 	}
 }
 
+// TestReplay plays one seed again with its whole trace: -seed=N.
 func TestReplay(t *testing.T) {
 	if *seedFlag == 0 {
 		t.Skip("give -seed=N to replay one schedule")
 	}
-	res := Run(Config{Seed: *seedFlag, TraceLines: 100000})
+	res := Run(Config{Seed: *seedFlag, Trace: true, TraceLines: 1 << 20})
 	for _, l := range res.Trace {
 		t.Log(l)
 	}
 	if res.Violation != nil {
-		t.Fatalf("%s", res.Report())
+		t.Fatalf("%v", res.Violation)
 	}
 	t.Logf("ok: %+v", res.Stats)
 }
 
-func TestPeek(t *testing.T) {
-	for s := uint64(1); s <= 10; s++ {
-		res := Run(Config{Seed: s, TraceLines: 100000})
-		t.Logf("seed %d nodes=%d svcs=%d faults=%d stats=%+v", s, res.Config.Nodes, res.Config.Services, res.Config.Faults, res.Stats)
+// TestDeterministic: a seed replays exactly.
+func TestDeterministic(t *testing.T) {
+	for _, seed := range []uint64{3, 42, 1234} {
+		a, b := Run(Config{Seed: seed}), Run(Config{Seed: seed})
+		if a.Digest != b.Digest || a.Stats != b.Stats {
+			t.Fatalf("seed %d ran two ways: digest %x vs %x, stats %+v vs %+v", seed, a.Digest, b.Digest, a.Stats, b.Stats)
+		}
+	}
+	if Run(Config{Seed: 5}).Digest == Run(Config{Seed: 6}).Digest {
+		t.Fatal("two seeds gave the same digest: the digest does not follow the run")
 	}
 }
 
-func TestMutPeek(t *testing.T) {
-	muts := map[string]testhooks.Mutations{
-		"reverse": {ReverseRank: true}, "skipcas": {SkipClaimCAS: true}, "ignoreloss": {IgnoreSessionLoss: true},
-		"breaksticky": {BreakSticky: true}, "ignoreroster": {IgnoreRoster: true},
+// TestScale runs the edges of the range: many nodes, many services, and
+// both. The largest shape (50 nodes and 1,000 services) runs in the soak.
+func TestScale(t *testing.T) {
+	shapes := []Config{
+		{Nodes: 50, Services: 3},
+		{Nodes: 25, Services: 100},
+		{Nodes: 5, Services: 1000},
 	}
-	for name, m := range muts {
-		caught := 0
-		first := ""
-		for s := uint64(1); s <= 200; s++ {
-			res := Run(Config{Seed: s, Mutations: m})
-			if res.Violation != nil {
-				caught++
-				if first == "" {
-					first = res.Violation.Error()
-				}
+	if *soak {
+		shapes = append(shapes, Config{Nodes: 50, Services: 1000, Faults: 2})
+	}
+	for _, c := range shapes {
+		c.Seed = 77
+		t.Run(fmt.Sprintf("%dx%d", c.Nodes, c.Services), func(t *testing.T) {
+			t.Parallel()
+			if res := Run(c); res.Violation != nil {
+				t.Fatalf("%s", res.Report())
 			}
-		}
-		t.Logf("%s: caught in %d/200; first: %s", name, caught, first)
+		})
 	}
 }

@@ -7,9 +7,9 @@ package testhooks
 type Mutations struct {
 	// ReverseRank makes the machine compare ranks the wrong way round.
 	ReverseRank bool
-	// SkipClaimCAS makes a winner take the primary role even when the
-	// compare-and-swap of the primary record failed.
-	SkipClaimCAS bool
+	// SkipCandidateCAS makes the writing node skip the FIG. 7
+	// compare-and-set into the other providers' candidate variables.
+	SkipCandidateCAS bool
 	// IgnoreSessionLoss makes a primary keep acting after its session is
 	// lost.
 	IgnoreSessionLoss bool
