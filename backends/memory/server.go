@@ -72,6 +72,9 @@ type Server struct {
 	rev       int64
 	records   map[string]*record
 	tombs     map[string]int64 // key -> revision of its last deletion, while absent
+	// index holds every key ever written (live or tombstoned), sorted, so
+	// that a prefix is listed without scanning the whole store.
+	index []string
 	leases    map[string]*lease
 	lastLease int64
 	watchers  map[*watcher]struct{}
@@ -295,18 +298,15 @@ func (s *Server) getLocked(key string) (core.KV, error) {
 // largest revision among the live keys and the tombstones under prefix.
 func (s *Server) listLocked(prefix string) core.Snapshot {
 	var snap core.Snapshot
-	for key, r := range s.records {
-		if strings.HasPrefix(key, prefix) {
+	for i := sort.SearchStrings(s.index, prefix); i < len(s.index) && strings.HasPrefix(s.index[i], prefix); i++ {
+		key := s.index[i]
+		if r, ok := s.records[key]; ok {
 			snap.KVs = append(snap.KVs, cloneKV(r.kv))
 			snap.Revision = max(snap.Revision, r.kv.Revision)
+		} else {
+			snap.Revision = max(snap.Revision, s.tombs[key])
 		}
 	}
-	for key, rev := range s.tombs {
-		if strings.HasPrefix(key, prefix) {
-			snap.Revision = max(snap.Revision, rev)
-		}
-	}
-	slices.SortFunc(snap.KVs, func(a, b core.KV) int { return strings.Compare(a.Key, b.Key) })
 	return snap
 }
 
@@ -357,7 +357,12 @@ func (s *Server) putLocked(client, session, key string, value []byte) core.KV {
 			session: session,
 		}
 		s.records[key] = r
-		delete(s.tombs, key)
+		if _, was := s.tombs[key]; was {
+			delete(s.tombs, key)
+		} else {
+			i := sort.SearchStrings(s.index, key)
+			s.index = slices.Insert(s.index, i, key)
+		}
 	}
 	ch.KV = r.kv
 	s.commitLocked(ch)
