@@ -1,0 +1,674 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// Node runs this process's side of the election against a Store: it
+// keeps a session, watches the membership and the primary records, runs
+// the store operations its Machine asks for, and reports role changes.
+//
+// One goroutine (the loop) owns the Machine; store calls run in goroutines
+// the Node owns, at most Config.MaxInflight at once, batched into Txns when
+// the store has them. Close stops every goroutine the Node started.
+type Node struct {
+	cfg   Config
+	st    Store
+	txn   Txner
+	m     *Machine
+	log   *slog.Logger
+	clock Clock
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	sem    chan struct{}
+
+	calls    chan func()
+	results  chan opDone
+	sessions chan sessionUp
+	views    chan Snapshot
+	prims    chan Snapshot
+	rosters  chan Snapshot
+
+	// Owned by the loop.
+	sess        Session
+	opening     bool
+	waiters     []waiter
+	rosterWaits map[uint64]chan error
+
+	events *eventQueue
+
+	mu       sync.Mutex
+	status   map[string]Status
+	liveSess Session // the session the published status is valid under
+	closed   bool
+	done     chan struct{}
+}
+
+type opDone struct {
+	id  uint64
+	res OpResult
+}
+
+type sessionUp struct {
+	s  Session
+	kv KV
+}
+
+type waiter struct {
+	cond func() bool
+	ch   chan struct{}
+}
+
+// Start starts a node on st with cfg and returns at once; the node joins
+// the cluster in the background, retrying with backoff while the store is
+// unreachable. The node lives until Close or StepDown, or until ctx ends.
+// Errors: a configuration error from Validate.
+func Start(ctx context.Context, st Store, cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid node config: %w", err)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = SystemClock()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	m, err := NewMachine(MachineConfig{
+		Node: cfg.NodeID, Prefix: cfg.Prefix, Services: cfg.Services,
+		RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax, ElectionTimeout: cfg.ElectionTimeout,
+		Seed: uint64(cfg.Clock.Now().UnixNano()),
+	})
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{
+		cfg: cfg, st: st, m: m, clock: cfg.Clock,
+		log:         cfg.Logger.With("node", cfg.NodeID),
+		sem:         make(chan struct{}, cfg.MaxInflight),
+		calls:       make(chan func()),
+		results:     make(chan opDone, 256),
+		sessions:    make(chan sessionUp),
+		views:       make(chan Snapshot),
+		prims:       make(chan Snapshot),
+		rosters:     make(chan Snapshot),
+		rosterWaits: map[uint64]chan error{},
+		events:      newEventQueue(),
+		status:      map[string]Status{},
+		done:        make(chan struct{}),
+	}
+	if t, ok := st.(Txner); ok && t.MaxTxnOps() > 0 {
+		n.txn = t
+	}
+	n.ctx, n.cancel = context.WithCancel(ctx)
+	members, prims, rosters := m.Prefixes()
+	n.goWatch(members, n.views)
+	n.goWatch(prims, n.prims)
+	n.goWatch(rosters, n.rosters)
+	n.wg.Add(1)
+	go n.loop()
+	return n, nil
+}
+
+// Events returns the node's role changes, in order. The channel is closed
+// when the node stops. The node never blocks on a slow reader: events
+// queue up until read.
+func (n *Node) Events() <-chan Event { return n.events.out }
+
+// Done is closed when the node has stopped.
+func (n *Node) Done() <-chan struct{} { return n.done }
+
+// Status returns the service's state on this node.
+// Errors: ErrUnknownService.
+func (n *Node) Status(service string) (Status, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st, ok := n.status[service]
+	if !ok {
+		return Status{}, fmt.Errorf("%w: %q", ErrUnknownService, service)
+	}
+	return st, nil
+}
+
+// Fence returns the fencing token to attach to a write this node makes as
+// the service's primary. It fails unless the node is the primary and its
+// session is still valid, so a caller that checks it right before each
+// write never writes as a stale primary; the service should still reject
+// tokens older than the newest it has seen.
+// Errors: ErrUnknownService; ErrNotPrimary.
+func (n *Node) Fence(service string) (int64, error) {
+	n.mu.Lock()
+	st, ok := n.status[service]
+	sess := n.liveSess
+	n.mu.Unlock()
+	if !ok {
+		return 0, fmt.Errorf("%w: %q", ErrUnknownService, service)
+	}
+	if st.Role != RolePrimary || sess == nil {
+		return 0, fmt.Errorf("%w: %q", ErrNotPrimary, service)
+	}
+	select {
+	case <-sess.Done():
+		return 0, fmt.Errorf("%w: %q: session lost", ErrNotPrimary, service)
+	default:
+	}
+	return st.Token, nil
+}
+
+// Resign hands the service's primary role over: this node stops acting as
+// primary at once, clears the primary record, and ranks last in the
+// election that follows. Resign returns once the record is cleared.
+// Errors: ErrUnknownService; ErrNotPrimary; ctx's error.
+func (n *Node) Resign(ctx context.Context, service string) error {
+	var err error
+	if cerr := n.call(ctx, func() { err = n.m.Resign(service) }); cerr != nil {
+		return cerr
+	}
+	if err != nil {
+		return err
+	}
+	return n.wait(ctx, func() bool { return !n.m.Resigning(service) })
+}
+
+// Promote makes a live provider a secondary of a service this node is
+// primary of. Demote makes it a spare; Acknowledge records the newest
+// checkpoint a secondary holds. Each returns once the roster is written.
+// Errors: as Machine.Promote, Demote and Acknowledge; ctx's error.
+func (n *Node) Promote(ctx context.Context, service, node string) error {
+	return n.roster(ctx, func() (uint64, error) { return n.m.Promote(service, node) })
+}
+
+// Demote: see Promote.
+func (n *Node) Demote(ctx context.Context, service, node string) error {
+	return n.roster(ctx, func() (uint64, error) { return n.m.Demote(service, node) })
+}
+
+// Acknowledge: see Promote.
+func (n *Node) Acknowledge(ctx context.Context, service, node string, seq int64) error {
+	return n.roster(ctx, func() (uint64, error) { return n.m.Acknowledge(service, node, seq) })
+}
+
+func (n *Node) roster(ctx context.Context, f func() (uint64, error)) error {
+	var err error
+	var ch chan error
+	if cerr := n.call(ctx, func() {
+		var id uint64
+		id, err = f()
+		if err == nil {
+			ch = make(chan error, 1)
+			n.rosterWaits[id] = ch
+		}
+	}); cerr != nil {
+		return cerr
+	}
+	if err != nil {
+		return err
+	}
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.done:
+		return ErrClosed
+	}
+}
+
+// StepDown leaves the cluster gracefully: the node resigns every service
+// it is primary of, so that successors are elected without waiting for the
+// session TTL, then closes its session and stops.
+func (n *Node) StepDown(ctx context.Context) error {
+	var errs []error
+	var primaries []string
+	if err := n.call(ctx, func() {
+		for _, s := range n.m.Services() {
+			if n.m.IsPrimary(s) {
+				primaries = append(primaries, s)
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	for _, s := range primaries {
+		if err := n.Resign(ctx, s); err != nil && !errors.Is(err, ErrNotPrimary) {
+			errs = append(errs, fmt.Errorf("resign %q: %w", s, err))
+		}
+	}
+	errs = append(errs, n.Close())
+	return errors.Join(errs...)
+}
+
+// Close stops the node: it stops acting as primary, closes its session
+// (so the store deletes its member record at once, and the others elect
+// successors), and stops every goroutine it started. It is idempotent.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		<-n.done
+		return nil
+	}
+	n.closed = true
+	n.mu.Unlock()
+	n.cancel()
+	n.wg.Wait()
+	n.events.close()
+	close(n.done)
+	return nil
+}
+
+// call runs f on the loop and waits for it.
+func (n *Node) call(ctx context.Context, f func()) error {
+	done := make(chan struct{})
+	select {
+	case n.calls <- func() { f(); close(done) }:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.done:
+		return ErrClosed
+	case <-n.ctx.Done():
+		return ErrClosed
+	}
+	select {
+	case <-done:
+		return nil
+	case <-n.ctx.Done():
+		return ErrClosed
+	}
+}
+
+// wait blocks until cond, evaluated on the loop, holds.
+func (n *Node) wait(ctx context.Context, cond func() bool) error {
+	ch := make(chan struct{})
+	if err := n.call(ctx, func() {
+		if cond() {
+			close(ch)
+			return
+		}
+		n.waiters = append(n.waiters, waiter{cond: cond, ch: ch})
+	}); err != nil {
+		return err
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.ctx.Done():
+		return ErrClosed
+	}
+}
+
+func (n *Node) loop() {
+	defer n.wg.Done()
+	defer n.shutdown()
+	n.openSession()
+	for {
+		n.m.Advance(n.clock.Now())
+		n.flush()
+		var timerC <-chan time.Time
+		var timer Timer
+		if at, ok := n.m.NextDeadline(); ok {
+			timer = n.clock.NewTimer(max(at.Sub(n.clock.Now()), 0))
+			timerC = timer.C()
+		}
+		var sessDone <-chan struct{}
+		if n.sess != nil {
+			sessDone = n.sess.Done()
+		}
+		select {
+		case <-n.ctx.Done():
+			if timer != nil {
+				timer.Stop()
+			}
+			return
+		case r := <-n.results:
+			n.m.Advance(n.clock.Now())
+			n.m.Deliver(r.id, r.res)
+		case up := <-n.sessions:
+			n.opening = false
+			n.sess = up.s
+			n.setLiveSession(up.s)
+			n.log.Info("joined the cluster", "session", up.s.ID())
+			n.m.SetSession(up.s.ID(), up.kv)
+		case <-sessDone:
+			n.sessionLost()
+		case snap := <-n.views:
+			n.m.Advance(n.clock.Now())
+			n.m.SetView(snap)
+		case snap := <-n.prims:
+			n.m.SetPrimaries(snap)
+		case snap := <-n.rosters:
+			n.m.SetRosters(snap)
+		case f := <-n.calls:
+			f()
+		case <-timerC:
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+	}
+}
+
+// flush hands the machine's Ready to the store and to the listeners.
+func (n *Node) flush() {
+	r := n.m.Ready()
+	if r.Empty() && len(n.waiters) == 0 {
+		return
+	}
+	for _, w := range r.Warnings {
+		n.log.Warn("bad record in the store", "err", w)
+	}
+	for _, ev := range r.Events {
+		n.log.Info("role", "service", ev.Service, "role", ev.Role.String(), "primary", ev.Primary, "epoch", ev.Epoch, "token", ev.Token)
+		n.events.push(ev)
+	}
+	for _, rep := range r.Reports {
+		n.log.Debug("election", "service", rep.Service, "round", rep.Round.String(), "outcome", string(rep.Outcome), "ops", rep.Ops, "round_trips", rep.RoundTrips)
+	}
+	for _, rr := range r.Roster {
+		if ch, ok := n.rosterWaits[rr.ID]; ok {
+			ch <- rr.Err
+			delete(n.rosterWaits, rr.ID)
+		}
+	}
+	n.publish()
+	kept := n.waiters[:0]
+	for _, w := range n.waiters {
+		if w.cond() {
+			close(w.ch)
+			continue
+		}
+		kept = append(kept, w)
+	}
+	n.waiters = kept
+	n.dispatch(r.Requests)
+}
+
+func (n *Node) publish() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, s := range n.m.Services() {
+		st, _ := n.m.Status(s)
+		n.status[s] = st
+	}
+}
+
+func (n *Node) setLiveSession(s Session) {
+	n.mu.Lock()
+	n.liveSess = s
+	n.mu.Unlock()
+}
+
+func (n *Node) sessionLost() {
+	old := n.sess
+	n.sess = nil
+	n.setLiveSession(nil)
+	n.m.LoseSession()
+	n.log.Warn("session lost: stopped acting as primary; rejoining", "session", old.ID(), "err", old.Err())
+	// Revoke it in case the store still holds it, so that our member
+	// record goes now instead of at the TTL. Bounded, and not the loop's
+	// context, which may be ending.
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
+		defer cancel()
+		_ = old.Close(ctx)
+	}()
+	n.openSession()
+}
+
+// openSession opens a session and registers the member record, retrying
+// with backoff, in a goroutine; the loop gets the result on n.sessions.
+func (n *Node) openSession() {
+	if n.opening {
+		return
+	}
+	n.opening = true
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		fails := 0
+		for {
+			up, err := n.tryOpen()
+			if err == nil {
+				select {
+				case n.sessions <- up:
+				case <-n.ctx.Done():
+					ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
+					_ = up.s.Close(ctx)
+					cancel()
+				}
+				return
+			}
+			fails++
+			d := min(n.cfg.RetryMin<<min(fails, 16), n.cfg.RetryMax)
+			if errors.Is(err, ErrExists) {
+				n.log.Warn("cannot join yet: the member record already exists; either another node runs with this NodeID, or this node's previous session has not expired yet (it will within SessionTTL)", "key", n.cfg.Prefix+"members/"+n.cfg.NodeID, "retry_in", d)
+			} else {
+				n.log.Warn("cannot join the cluster: store unreachable or failing; retrying", "err", err, "retry_in", d)
+			}
+			t := n.clock.NewTimer(d)
+			select {
+			case <-t.C():
+			case <-n.ctx.Done():
+				t.Stop()
+				return
+			}
+		}
+	}()
+}
+
+func (n *Node) tryOpen() (sessionUp, error) {
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.OpTimeout)
+	defer cancel()
+	s, err := n.st.NewSession(ctx, SessionOptions{TTL: n.cfg.SessionTTL})
+	if err != nil {
+		return sessionUp{}, fmt.Errorf("open session: %w", err)
+	}
+	key, val := n.m.MemberRecord(s.ID(), n.cfg.Address)
+	kv, err := s.Register(ctx, key, val)
+	if err != nil {
+		cctx, ccancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
+		_ = s.Close(cctx)
+		ccancel()
+		return sessionUp{}, fmt.Errorf("register %q: %w", key, err)
+	}
+	return sessionUp{s: s, kv: kv}, nil
+}
+
+func (n *Node) shutdown() {
+	n.m.LoseSession()
+	n.flush()
+	n.publish()
+	n.setLiveSession(nil)
+	for id, ch := range n.rosterWaits {
+		ch <- ErrClosed
+		delete(n.rosterWaits, id)
+	}
+	if n.sess != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
+		if err := n.sess.Close(ctx); err != nil {
+			n.log.Warn("closing the session failed; the store will expire it after the TTL", "err", err)
+		}
+		cancel()
+		n.sess = nil
+	}
+}
+
+// goWatch keeps a watch on prefix open, forwarding snapshots to ch and
+// re-watching with backoff after errors.
+func (n *Node) goWatch(prefix string, ch chan<- Snapshot) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		fails := 0
+		for n.ctx.Err() == nil {
+			err := n.watchOnce(prefix, ch)
+			if n.ctx.Err() != nil {
+				return
+			}
+			fails++
+			d := min(n.cfg.RetryMin<<min(fails, 16), n.cfg.RetryMax)
+			n.log.Warn("watch failed; watching again", "prefix", prefix, "err", err, "retry_in", d)
+			t := n.clock.NewTimer(d)
+			select {
+			case <-t.C():
+			case <-n.ctx.Done():
+				t.Stop()
+				return
+			}
+		}
+	}()
+}
+
+func (n *Node) watchOnce(prefix string, ch chan<- Snapshot) error {
+	ctx, cancel := context.WithCancel(n.ctx)
+	defer cancel()
+	w, err := n.st.Watch(ctx, prefix)
+	if err != nil {
+		return err
+	}
+	for snap := range w {
+		if snap.Err != nil {
+			return snap.Err
+		}
+		select {
+		case ch <- snap:
+		case <-n.ctx.Done():
+			return n.ctx.Err()
+		}
+	}
+	return errors.New("watch channel closed")
+}
+
+// dispatch runs requests, batched into Txns where the store has them.
+func (n *Node) dispatch(reqs []Request) {
+	if len(reqs) == 0 {
+		return
+	}
+	var groups [][]Request
+	if n.txn != nil {
+		groups = batch(reqs, n.txn.MaxTxnOps())
+	} else {
+		for _, r := range reqs {
+			groups = append(groups, []Request{r})
+		}
+	}
+	for _, g := range groups {
+		n.wg.Add(1)
+		go n.exec(g)
+	}
+}
+
+func (n *Node) exec(g []Request) {
+	defer n.wg.Done()
+	select {
+	case n.sem <- struct{}{}:
+	case <-n.ctx.Done():
+		return
+	}
+	defer func() { <-n.sem }()
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.OpTimeout)
+	defer cancel()
+	results := make([]OpResult, len(g))
+	if n.txn != nil && (len(g) > 1 || len(g[0].Op.Guards) > 0) {
+		ops := make([]Op, len(g))
+		for i, r := range g {
+			ops[i] = r.Op
+		}
+		rs, err := n.txn.Txn(ctx, ops)
+		for i := range g {
+			if err != nil {
+				results[i].Err = err
+			} else {
+				results[i] = rs[i]
+			}
+		}
+	} else {
+		for i, r := range g {
+			op := r.Op
+			op.Guards = nil
+			results[i] = run(ctx, n.st, op)
+		}
+	}
+	for i, r := range g {
+		select {
+		case n.results <- opDone{id: r.ID, res: results[i]}:
+		case <-n.ctx.Done():
+			return
+		}
+	}
+}
+
+// eventQueue is an unbounded FIFO in front of a channel, so that the loop
+// never blocks on a slow reader of Events.
+type eventQueue struct {
+	mu     sync.Mutex
+	q      []Event
+	wake   chan struct{}
+	out    chan Event
+	stop   chan struct{}
+	exited chan struct{}
+}
+
+func newEventQueue() *eventQueue {
+	e := &eventQueue{wake: make(chan struct{}, 1), out: make(chan Event), stop: make(chan struct{}), exited: make(chan struct{})}
+	go e.run()
+	return e
+}
+
+func (e *eventQueue) push(ev Event) {
+	e.mu.Lock()
+	e.q = append(e.q, ev)
+	e.mu.Unlock()
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (e *eventQueue) run() {
+	defer close(e.exited)
+	defer close(e.out)
+	for {
+		e.mu.Lock()
+		var next *Event
+		if len(e.q) > 0 {
+			ev := e.q[0]
+			next = &ev
+		}
+		e.mu.Unlock()
+		if next == nil {
+			select {
+			case <-e.wake:
+				continue
+			case <-e.stop:
+				return
+			}
+		}
+		select {
+		case e.out <- *next:
+			e.mu.Lock()
+			e.q = e.q[1:]
+			e.mu.Unlock()
+		case <-e.wake:
+		case <-e.stop:
+			return
+		}
+	}
+}
+
+// close stops the queue; events not yet read are dropped, and the channel
+// is closed.
+func (e *eventQueue) close() {
+	close(e.stop)
+	<-e.exited
+}
