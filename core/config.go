@@ -38,6 +38,10 @@ type Config struct {
 	Clock Clock
 	// Logger receives structured logs. Nil means slog.Default().
 	Logger *slog.Logger
+	// OnElection, if set, is called with the report of every election this
+	// node finishes (for metrics and benchmarks). It runs on the node's
+	// loop and must not block.
+	OnElection func(ElectionReport)
 }
 
 // DefaultConfig returns a Config with every tunable set to its default.

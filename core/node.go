@@ -370,6 +370,9 @@ func (n *Node) flush() {
 		n.events.push(ev)
 	}
 	for _, rep := range r.Reports {
+		if n.cfg.OnElection != nil {
+			n.cfg.OnElection(rep)
+		}
 		n.log.Debug("election", "service", rep.Service, "round", rep.Round.String(), "outcome", string(rep.Outcome), "ops", rep.Ops, "round_trips", rep.RoundTrips)
 	}
 	for _, rr := range r.Roster {
