@@ -66,15 +66,15 @@ type Server struct {
 
 	// mu guards everything below, the fields of every Client marked as
 	// guarded by it, and every lease and record.
-	mu        sync.Mutex
-	closed    bool
-	done      chan struct{} // closed by Close
-	rev       int64
-	records   map[string]*record
-	tombs     map[string]int64 // key -> revision of its last deletion, while absent
+	mu      sync.Mutex
+	closed  bool
+	done    chan struct{} // closed by Close
+	rev     int64
+	records map[string]*record
+	tombs   map[string]int64 // key -> revision of its last deletion, while absent
 	// index holds every key ever written (live or tombstoned), sorted, so
 	// that a prefix is listed without scanning the whole store.
-	index []string
+	index     []string
 	leases    map[string]*lease
 	lastLease int64
 	watchers  map[*watcher]struct{}
