@@ -1,0 +1,40 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestDemo runs the demo as a newcomer would and checks its timeline.
+func TestDemo(t *testing.T) {
+	var out bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := runDemo(ctx, &out, demoOptions{nodes: 3, services: 2, ttl: 400 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("demo failed: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{"elected:", "promotes", "crash:", "expires", "failover:", "handover:", "done"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("the timeline lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestDemoRejectsBadFlags(t *testing.T) {
+	for _, args := range [][]string{{"demo", "--nodes", "2"}, {"demo", "--services", "1"}, {"demo", "--ttl", "1ms"}} {
+		cmd := rootCmd()
+		cmd.SetArgs(args)
+		cmd.SetOut(&bytes.Buffer{})
+		if err := cmd.Execute(); err == nil {
+			t.Errorf("%v: no error", args)
+		}
+	}
+}
