@@ -1,0 +1,34 @@
+# concord: see README.md. Every target needs only Go (and, from the
+# integration issue on, Docker for `make integration`).
+
+GO    ?= go
+SEEDS ?= 50000
+FIRST ?= $(shell date +%s)
+
+.PHONY: test vet bench soak run demo
+
+## test: everything that needs no Docker, with the race detector.
+test: vet
+	$(GO) test -race -count=1 -timeout 25m ./...
+
+vet:
+	$(GO) vet ./...
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+
+## bench: the election benchmark table (store operations, round trips,
+## failover time) for 3, 5, 9 and 25 nodes and 1, 100 and 1,000 services.
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime=3x -timeout 60m ./core/...
+
+## soak: many more seeded schedules than `make test`, from a new first
+## seed each time (FIRST=N SEEDS=M to choose), plus the largest shape.
+soak:
+	@echo "soak: seeds $(FIRST) to $$(( $(FIRST) + $(SEEDS) - 1 ))"
+	$(GO) test -race -count=1 -timeout 6h ./core/sim -run 'TestSchedules|TestScale' -v \
+		-seeds=$(SEEDS) -first=$(FIRST) -soak
+
+## run: the demo, a local cluster in one process (see README.md).
+run: demo
+demo:
+	$(GO) run ./cmd/concord demo
