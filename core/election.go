@@ -277,77 +277,66 @@ func (m *Machine) readDone(s *service, p pendingOp, res OpResult) {
 	}
 }
 
-func (m *Machine) decodePrimaryKV(kv KV) recState {
-	if c, ok := m.decoded[kv.Key].(recState); ok && c.kv.Revision == kv.Revision {
-		return c
-	}
-	st := m.decodePrimaryUncached(kv)
-	m.decoded[kv.Key] = st
-	return st
-}
+// The decoders check, besides the JSON, that a record does not claim an
+// epoch or round newer than its own revision: the writer's view cannot be
+// newer than its write. Such a record is garbage, and is overwritten.
 
-func (m *Machine) decodePrimaryUncached(kv KV) recState {
-	st := recState{kv: kv, exists: true}
-	rec, err := DecodePrimary(kv)
-	if err == nil && rec.Epoch > kv.Revision {
-		err = fmt.Errorf("%w: key %q: epoch %d is newer than the record's own revision %d", ErrBadRecord, kv.Key, rec.Epoch, kv.Revision)
-	}
-	if err != nil {
-		m.warn(err)
-		st.bad = true
-		return st
-	}
-	st.rec = rec
-	return st
+func (m *Machine) decodePrimaryKV(kv KV) recState {
+	return decodeCached(m, kv, func(kv KV) recState {
+		rec, err := DecodePrimary(kv)
+		if err == nil && rec.Epoch > kv.Revision {
+			err = futureRecord(kv, "epoch", rec.Epoch)
+		}
+		return recState{kv: kv, exists: true, rec: rec, bad: m.badRecord(err)}
+	})
 }
 
 func (m *Machine) decodeRosterKV(kv KV) rosterState {
-	if c, ok := m.decoded[kv.Key].(rosterState); ok && c.kv.Revision == kv.Revision {
-		return c
-	}
-	st := m.decodeRosterUncached(kv)
-	m.decoded[kv.Key] = st
-	return st
-}
-
-func (m *Machine) decodeRosterUncached(kv KV) rosterState {
-	st := rosterState{kv: kv, exists: true}
-	rec, err := DecodeRoster(kv)
-	if err == nil && (rec.Epoch > kv.Revision || rec.Token > kv.Revision) {
-		err = fmt.Errorf("%w: key %q: epoch %d or token %d is newer than the record's own revision %d", ErrBadRecord, kv.Key, rec.Epoch, rec.Token, kv.Revision)
-	}
-	if err != nil {
-		m.warn(err)
-		st.bad = true
-		return st
-	}
-	st.rec = rec
-	return st
+	return decodeCached(m, kv, func(kv KV) rosterState {
+		rec, err := DecodeRoster(kv)
+		if err == nil && max(rec.Epoch, rec.Token) > kv.Revision {
+			err = futureRecord(kv, "epoch or token", max(rec.Epoch, rec.Token))
+		}
+		return rosterState{kv: kv, exists: true, rec: rec, bad: m.badRecord(err)}
+	})
 }
 
 func (m *Machine) decodeCandKV(kv KV) candState {
-	if c, ok := m.decoded[kv.Key].(candState); ok && c.kv.Revision == kv.Revision {
+	return decodeCached(m, kv, func(kv KV) candState {
+		rec, err := DecodeCandidate(kv)
+		if err == nil && max(rec.Round.Epoch, rec.Round.Gen) > kv.Revision {
+			err = futureRecord(kv, "round", max(rec.Round.Epoch, rec.Round.Gen))
+		}
+		return candState{kv: kv, exists: true, rec: rec, bad: m.badRecord(err)}
+	})
+}
+
+func futureRecord(kv KV, what string, v int64) error {
+	return fmt.Errorf("%w: key %q: %s %d is newer than the record's own revision %d", ErrBadRecord, kv.Key, what, v, kv.Revision)
+}
+
+// badRecord reports err, if any, and says whether there was one.
+func (m *Machine) badRecord(err error) bool {
+	if err != nil {
+		m.warn(err)
+	}
+	return err != nil
+}
+
+// decodeCached decodes kv once per revision: records are read again and
+// watched again far more often than they change.
+func decodeCached[T interface{ revision() int64 }](m *Machine, kv KV, decode func(KV) T) T {
+	if c, ok := m.decoded[kv.Key].(T); ok && c.revision() == kv.Revision {
 		return c
 	}
-	st := m.decodeCandUncached(kv)
+	st := decode(kv)
 	m.decoded[kv.Key] = st
 	return st
 }
 
-func (m *Machine) decodeCandUncached(kv KV) candState {
-	st := candState{kv: kv, exists: true}
-	rec, err := DecodeCandidate(kv)
-	if err == nil && (rec.Round.Epoch > kv.Revision || rec.Round.Gen > kv.Revision) {
-		err = fmt.Errorf("%w: key %q: round %s is newer than the record's own revision %d", ErrBadRecord, kv.Key, rec.Round, kv.Revision)
-	}
-	if err != nil {
-		m.warn(err)
-		st.bad = true
-		return st
-	}
-	st.rec = rec
-	return st
-}
+func (r recState) revision() int64    { return r.kv.Revision }
+func (r rosterState) revision() int64 { return r.kv.Revision }
+func (c candState) revision() int64   { return c.kv.Revision }
 
 // decide is FIG. 6 once the round's reads are in.
 func (m *Machine) decide(s *service) {

@@ -3,6 +3,7 @@ package core
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"math/rand/v2"
 	"sort"
 	"time"
@@ -429,32 +430,33 @@ func sameMembers(a, b map[string]MemberRecord) bool {
 
 // SetPrimaries hands the machine a snapshot of the primary records.
 func (m *Machine) SetPrimaries(snap Snapshot) {
-	if snap.Err != nil {
-		return
-	}
-	byName := make(map[string]KV, len(snap.KVs))
-	for _, kv := range snap.KVs {
-		byName[m.keys.NameIn(m.keys.Primaries(), kv.Key)] = kv
-	}
-	for _, n := range m.names {
-		if kv, ok := byName[n]; ok {
-			m.observePrimary(m.svcs[n], kv)
-		}
+	for name, kv := range m.byService(snap, m.keys.Primaries()) {
+		m.observePrimary(m.svcs[name], kv)
 	}
 }
 
 // SetRosters hands the machine a snapshot of the rosters.
 func (m *Machine) SetRosters(snap Snapshot) {
-	if snap.Err != nil {
-		return
+	for name, kv := range m.byService(snap, m.keys.Rosters()) {
+		m.observeRoster(m.svcs[name], kv)
 	}
-	byName := make(map[string]KV, len(snap.KVs))
-	for _, kv := range snap.KVs {
-		byName[m.keys.NameIn(m.keys.Rosters(), kv.Key)] = kv
-	}
-	for _, n := range m.names {
-		if kv, ok := byName[n]; ok {
-			m.observeRoster(m.svcs[n], kv)
+}
+
+// byService picks, from a snapshot of folder, the records of the services
+// this node provides, in service-name order.
+func (m *Machine) byService(snap Snapshot, folder string) iter.Seq2[string, KV] {
+	return func(yield func(string, KV) bool) {
+		if snap.Err != nil {
+			return
+		}
+		byName := make(map[string]KV, len(snap.KVs))
+		for _, kv := range snap.KVs {
+			byName[m.keys.NameIn(folder, kv.Key)] = kv
+		}
+		for _, n := range m.names {
+			if kv, ok := byName[n]; ok && !yield(n, kv) {
+				return
+			}
 		}
 	}
 }

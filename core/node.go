@@ -68,7 +68,9 @@ type waiter struct {
 
 // Start starts a node on st with cfg and returns at once; the node joins
 // the cluster in the background, retrying with backoff while the store is
-// unreachable. The node lives until Close or StepDown, or until ctx ends.
+// unreachable. The node runs until Close or StepDown. If ctx ends first,
+// the node stops acting and leaves, and Close must still be called to
+// release it.
 // Errors: a configuration error from Validate.
 func Start(ctx context.Context, st Store, cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
@@ -458,15 +460,24 @@ func (n *Node) openSession() {
 			} else {
 				n.log.Warn("cannot join the cluster: store unreachable or failing; retrying", "err", err, "retry_in", d)
 			}
-			t := n.clock.NewTimer(d)
-			select {
-			case <-t.C():
-			case <-n.ctx.Done():
-				t.Stop()
+			if !n.sleep(d) {
 				return
 			}
 		}
 	}()
+}
+
+// sleep waits d on the node's clock; it returns false if the node stops
+// first.
+func (n *Node) sleep(d time.Duration) bool {
+	t := n.clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C():
+		return true
+	case <-n.ctx.Done():
+		return false
+	}
 }
 
 func (n *Node) tryOpen() (sessionUp, error) {
@@ -521,11 +532,7 @@ func (n *Node) goWatch(prefix string, ch chan<- Snapshot) {
 			fails++
 			d := min(n.cfg.RetryMin<<min(fails, 16), n.cfg.RetryMax)
 			n.log.Warn("watch failed; watching again", "prefix", prefix, "err", err, "retry_in", d)
-			t := n.clock.NewTimer(d)
-			select {
-			case <-t.C():
-			case <-n.ctx.Done():
-				t.Stop()
+			if !n.sleep(d) {
 				return
 			}
 		}
