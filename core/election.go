@@ -40,6 +40,7 @@ type service struct {
 
 	last    Event
 	emitted bool
+	touched bool // listed in Ready.Changed
 
 	el election
 
@@ -166,6 +167,7 @@ func (m *Machine) restart(s *service) {
 }
 
 func (m *Machine) stop(s *service) {
+	m.touch(s)
 	s.el.inst++
 	s.el.phase = phIdle
 	s.el.deadline = time.Time{}
@@ -184,6 +186,7 @@ func (m *Machine) issue(s *service, p pendingOp, op Op) {
 // read is step 2: the record, the roster and every candidate variable of
 // the service, as three reads issued together (one round trip).
 func (m *Machine) read(s *service) {
+	m.touch(s)
 	el := &s.el
 	el.inst++
 	el.phase = phReading
@@ -219,6 +222,7 @@ func (m *Machine) mayWrite(s *service) bool {
 // fail puts the round into backoff after a store error; it restarts
 // from step 2 when the backoff ends.
 func (m *Machine) fail(s *service) {
+	m.touch(s)
 	s.el.inst++
 	s.el.failures++
 	s.el.phase = phBackoff
@@ -691,6 +695,7 @@ func (m *Machine) demote(s *service) {
 }
 
 func (m *Machine) finish(s *service, o Outcome) {
+	m.touch(s)
 	el := &s.el
 	el.inst++
 	el.outstanding = 0
@@ -714,6 +719,7 @@ func (m *Machine) finish(s *service, o Outcome) {
 // the view's epoch is raised to at least floor (a backend may report a
 // lower bound for the revision of a deletion).
 func (m *Machine) requestCatchUp(s *service, floor int64) {
+	m.touch(s)
 	el := &s.el
 	el.inst++
 	el.outstanding = 0
@@ -872,6 +878,7 @@ func (m *Machine) roleOf(s *service) Role {
 }
 
 func (m *Machine) emit(s *service) {
+	m.touch(s)
 	ev := m.event(s)
 	if s.emitted && ev == s.last {
 		return

@@ -148,11 +148,13 @@ type Ready struct {
 	Roster   []RosterResult
 	// Warnings report records the machine could not use (with their keys).
 	Warnings []error
+	// Changed names the services whose Status may have changed.
+	Changed []string
 }
 
 // Empty reports whether there is nothing in r.
 func (r Ready) Empty() bool {
-	return len(r.Requests)+len(r.Events)+len(r.Reports)+len(r.Roster)+len(r.Warnings) == 0
+	return len(r.Requests)+len(r.Events)+len(r.Reports)+len(r.Roster)+len(r.Warnings)+len(r.Changed) == 0
 }
 
 // view is a membership view: the live nodes, each with its session.
@@ -268,7 +270,18 @@ func (m *Machine) Prefixes() (members, primaries, rosters string) {
 func (m *Machine) Ready() Ready {
 	r := m.rdy
 	m.rdy = Ready{}
+	for _, n := range r.Changed {
+		m.svcs[n].touched = false
+	}
 	return r
+}
+
+// touch notes that s's Status may have changed.
+func (m *Machine) touch(s *service) {
+	if !s.touched {
+		s.touched = true
+		m.rdy.Changed = append(m.rdy.Changed, s.name)
+	}
 }
 
 // Advance tells the machine the time, and runs what falls due by then.

@@ -109,6 +109,7 @@ func Start(ctx context.Context, st Store, cfg Config) (*Node, error) {
 		n.txn = t
 	}
 	n.ctx, n.cancel = context.WithCancel(ctx)
+	n.publish(m.Services()) // Status answers for every service from the start
 	members, prims, rosters := m.Prefixes()
 	n.goWatch(members, n.views)
 	n.goWatch(prims, n.prims)
@@ -333,6 +334,16 @@ func (n *Node) loop() {
 		case r := <-n.results:
 			n.m.Advance(n.clock.Now())
 			n.m.Deliver(r.id, r.res)
+			// Take every answer already here before acting on them, so
+			// that the operations they lead to go out in few batches.
+			for more := true; more; {
+				select {
+				case r := <-n.results:
+					n.m.Deliver(r.id, r.res)
+				default:
+					more = false
+				}
+			}
 		case up := <-n.sessions:
 			n.opening = false
 			n.sess = up.s
@@ -383,7 +394,7 @@ func (n *Node) flush() {
 			delete(n.rosterWaits, rr.ID)
 		}
 	}
-	n.publish()
+	n.publish(r.Changed)
 	kept := n.waiters[:0]
 	for _, w := range n.waiters {
 		if w.cond() {
@@ -396,10 +407,11 @@ func (n *Node) flush() {
 	n.dispatch(r.Requests)
 }
 
-func (n *Node) publish() {
+// publish makes the Status of the named services visible to callers.
+func (n *Node) publish(services []string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for _, s := range n.m.Services() {
+	for _, s := range services {
 		st, _ := n.m.Status(s)
 		n.status[s] = st
 	}
@@ -501,7 +513,6 @@ func (n *Node) tryOpen() (sessionUp, error) {
 func (n *Node) shutdown() {
 	n.m.LoseSession()
 	n.flush()
-	n.publish()
 	n.setLiveSession(nil)
 	for id, ch := range n.rosterWaits {
 		ch <- ErrClosed

@@ -164,6 +164,16 @@ func TestElectsOnePrimaryPerService(t *testing.T) {
 	}
 }
 
+func TestStatusBeforeJoining(t *testing.T) {
+	c := newCluster(t)
+	c.srv.Isolate("a", true)
+	a := c.start("a", db)
+	st, err := a.Status("db")
+	if err != nil || st.Role != core.RoleNone || st.Primary != "" {
+		t.Fatalf("Status right after Start = %+v, %v; want role none, no primary, no error", st, err)
+	}
+}
+
 func TestEventsReportRoleChanges(t *testing.T) {
 	c := newCluster(t)
 	a := c.start("a", db)
