@@ -42,7 +42,7 @@ func newChecker(w *world) *checker {
 		members: map[string]memberDecoded{},
 		// The target is 3 round trips; conflicts between concurrent
 		// candidates and a catch-up of a late view can add a few.
-		calmRTTLimit: 8,
+		calmRTTLimit: 6,
 	}
 }
 
