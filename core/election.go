@@ -34,9 +34,12 @@ type service struct {
 	token   int64 // our fencing token while primary
 	claimKV KV    // the primary record as our claim wrote it
 
-	// resigning is true from Resign until the record is cleared.
-	resigning bool
-	resignKV  KV
+	// resigning is true from Resign until the record is cleared; a
+	// failed attempt is retried at resignAt.
+	resigning   bool
+	resignKV    KV
+	resignFails int
+	resignAt    time.Time
 
 	last    Event
 	emitted bool

@@ -304,6 +304,10 @@ func (m *Machine) Advance(now time.Time) {
 				}
 			}
 		}
+		if s.resigning && !s.resignAt.IsZero() && !s.resignAt.After(m.now) {
+			s.resignAt = time.Time{}
+			m.issueVacate(s, 1)
+		}
 		if s.rosterRetry && !s.rosterAt.After(m.now) {
 			s.rosterRetry = false
 			m.pumpRoster(s)
@@ -316,7 +320,7 @@ func (m *Machine) NextDeadline() (time.Time, bool) {
 	var best time.Time
 	for _, n := range m.names {
 		s := m.svcs[n]
-		for _, d := range []time.Time{s.el.deadline, s.rosterDeadline()} {
+		for _, d := range []time.Time{s.el.deadline, s.rosterDeadline(), s.resignAt} {
 			if !d.IsZero() && (best.IsZero() || d.Before(best)) {
 				best = d
 			}
@@ -569,6 +573,7 @@ func (m *Machine) Resign(service string) error {
 	m.failRoster(s, ErrNotPrimary)
 	s.resigning = true
 	s.resignKV = claim
+	s.resignFails, s.resignAt = 0, time.Time{}
 	m.emit(s)
 	m.issueVacate(s, 1)
 	return nil
@@ -605,7 +610,11 @@ func (m *Machine) vacateDone(s *service, res OpResult) {
 		// the others will replace.
 		s.resigning = false
 	default:
-		m.issueVacate(s, 1)
+		// Unknown outcome; try again after a backoff (Advance does). A
+		// retry that finds the record already cleared fails its
+		// compare-and-swap and ends the resignation.
+		s.resignFails++
+		s.resignAt = m.now.Add(m.backoff(s.resignFails))
 	}
 }
 

@@ -370,3 +370,43 @@ func TestResignRanksLast(t *testing.T) {
 		t.Fatalf("after a resigned, the primary record is %+v; want b, the next in rank", rec)
 	}
 }
+
+// TestResignRetriesWithBackoff: a resignation whose write fails is retried
+// after a backoff, not at once, and completes when the store answers.
+func TestResignRetriesWithBackoff(t *testing.T) {
+	st := newStore()
+	m, _ := NewMachine(MachineConfig{Node: "a", Services: []ServiceConfig{{Name: "s"}}, RetryMin: time.Second, RetryMax: time.Second})
+	kv := st.join(m, "sa")
+	m.SetView(st.apply(Op{Kind: OpList, Key: m.keys.Members()}).List)
+	m.SetSession("sa", kv)
+	drive(t, st, []*Machine{m}, first)
+	if !m.IsPrimary("s") {
+		t.Fatal("not primary")
+	}
+	t0 := time.Unix(1000, 0)
+	m.Advance(t0)
+	if err := m.Resign("s"); err != nil {
+		t.Fatal(err)
+	}
+	reqs := m.Ready().Requests
+	if len(reqs) != 1 {
+		t.Fatalf("Resign issued %d requests, want 1", len(reqs))
+	}
+	m.Deliver(reqs[0].ID, OpResult{Err: ErrUnavailable})
+	if r := m.Ready().Requests; len(r) != 0 {
+		t.Fatalf("a failed resignation was retried at once: %d requests", len(r))
+	}
+	at, ok := m.NextDeadline()
+	if !ok || !at.After(t0) {
+		t.Fatalf("no retry deadline after the failure (%v, %v)", at, ok)
+	}
+	m.Advance(at)
+	reqs = m.Ready().Requests
+	if len(reqs) != 1 || reqs[0].Op.Key != m.keys.Primary("s") {
+		t.Fatalf("after the backoff: %d requests, want the one retry", len(reqs))
+	}
+	m.Deliver(reqs[0].ID, st.apply(reqs[0].Op))
+	if m.Resigning("s") {
+		t.Fatal("still resigning after the write succeeded")
+	}
+}
