@@ -156,10 +156,8 @@ func (n *Node) Fence(service string) (int64, error) {
 	if st.Role != RolePrimary || sess == nil {
 		return 0, fmt.Errorf("%w: %q", ErrNotPrimary, service)
 	}
-	select {
-	case <-sess.Done():
+	if isDone(sess) {
 		return 0, fmt.Errorf("%w: %q: session lost", ErrNotPrimary, service)
-	default:
 	}
 	return st.Token, nil
 }
@@ -444,6 +442,8 @@ func (n *Node) sessionLost() {
 
 // openSession opens a session and registers the member record, retrying
 // with backoff, in a goroutine; the loop gets the result on n.sessions.
+// While the member record of a previous session lingers (until the store
+// expires it), the same new session keeps trying to register.
 func (n *Node) openSession() {
 	if n.opening {
 		return
@@ -452,17 +452,50 @@ func (n *Node) openSession() {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
+		var s Session
+		drop := func() {
+			if s != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
+				_ = s.Close(ctx)
+				cancel()
+				s = nil
+			}
+		}
 		fails := 0
 		for {
-			up, err := n.tryOpen()
-			if err == nil {
-				select {
-				case n.sessions <- up:
-				case <-n.ctx.Done():
-					ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
-					_ = up.s.Close(ctx)
-					cancel()
+			if s != nil && isDone(s) {
+				s = nil
+			}
+			var err error
+			if s == nil {
+				ctx, cancel := context.WithTimeout(n.ctx, n.cfg.OpTimeout)
+				s, err = n.st.NewSession(ctx, SessionOptions{TTL: n.cfg.SessionTTL})
+				cancel()
+				if err != nil {
+					s, err = nil, fmt.Errorf("open session: %w", err)
 				}
+			}
+			if s != nil {
+				var kv KV
+				key, val := n.m.MemberRecord(s.ID(), n.cfg.Address)
+				ctx, cancel := context.WithTimeout(n.ctx, n.cfg.OpTimeout)
+				kv, err = s.Register(ctx, key, val)
+				cancel()
+				if err == nil {
+					select {
+					case n.sessions <- sessionUp{s: s, kv: kv}:
+					case <-n.ctx.Done():
+						drop()
+					}
+					return
+				}
+				err = fmt.Errorf("register %q: %w", key, err)
+				if !errors.Is(err, ErrExists) {
+					drop()
+				}
+			}
+			if n.ctx.Err() != nil {
+				drop()
 				return
 			}
 			fails++
@@ -473,10 +506,20 @@ func (n *Node) openSession() {
 				n.log.Warn("cannot join the cluster: store unreachable or failing; retrying", "err", err, "retry_in", d)
 			}
 			if !n.sleep(d) {
+				drop()
 				return
 			}
 		}
 	}()
+}
+
+func isDone(s Session) bool {
+	select {
+	case <-s.Done():
+		return true
+	default:
+		return false
+	}
 }
 
 // sleep waits d on the node's clock; it returns false if the node stops
@@ -490,24 +533,6 @@ func (n *Node) sleep(d time.Duration) bool {
 	case <-n.ctx.Done():
 		return false
 	}
-}
-
-func (n *Node) tryOpen() (sessionUp, error) {
-	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.OpTimeout)
-	defer cancel()
-	s, err := n.st.NewSession(ctx, SessionOptions{TTL: n.cfg.SessionTTL})
-	if err != nil {
-		return sessionUp{}, fmt.Errorf("open session: %w", err)
-	}
-	key, val := n.m.MemberRecord(s.ID(), n.cfg.Address)
-	kv, err := s.Register(ctx, key, val)
-	if err != nil {
-		cctx, ccancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
-		_ = s.Close(cctx)
-		ccancel()
-		return sessionUp{}, fmt.Errorf("register %q: %w", key, err)
-	}
-	return sessionUp{s: s, kv: kv}, nil
 }
 
 func (n *Node) shutdown() {

@@ -419,3 +419,45 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		}
 	}
 }
+
+// TestRejoinAfterTransientLoss: a node cut off just long enough to declare
+// its session lost comes back before the store expires that session; it
+// must wait for its old member record to go, then rejoin with a new
+// session, and the cluster must agree again.
+func TestRejoinAfterTransientLoss(t *testing.T) {
+	c := newCluster(t)
+	for _, id := range []string{"a", "b", "c"} {
+		c.start(id, db)
+	}
+	p := c.primaryOf("db")
+	obs := c.srv.Client("observer")
+	ctx := context.Background()
+	before, err := obs.Get(ctx, "concord/members/"+p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _ := core.DecodeMember(before)
+	c.srv.Isolate(p, true)
+	eventually(t, 2*ttl, func() error {
+		if st, _ := c.nodes[p].Status("db"); st.Role != core.RoleNone {
+			return fmt.Errorf("role %v while cut off, want none once the session is lost", st.Role)
+		}
+		return nil
+	})
+	c.srv.Isolate(p, false)
+	eventually(t, 10*ttl, func() error {
+		kv, err := obs.Get(ctx, "concord/members/"+p)
+		if err != nil {
+			return err
+		}
+		m, err := core.DecodeMember(kv)
+		if err != nil || m.Session == old.Session {
+			return fmt.Errorf("member record of %s still holds the old session %s", p, old.Session)
+		}
+		if st, _ := c.nodes[p].Status("db"); st.Role == core.RoleNone {
+			return errors.New("rejoined node reports no role")
+		}
+		return nil
+	})
+	c.primaryOf("db")
+}
