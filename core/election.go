@@ -239,42 +239,27 @@ func isCASFailure(err error) bool {
 
 func (m *Machine) readDone(s *service, p pendingOp, res OpResult) {
 	el := &s.el
+	if res.Err != nil && !(p.part != 2 && errors.Is(res.Err, ErrNotFound)) {
+		m.fail(s) // a store error; "not found" is an answer for a Get
+		return
+	}
+	found := res.Err == nil
 	switch p.part {
 	case 0:
-		switch {
-		case errors.Is(res.Err, ErrNotFound):
-		case res.Err != nil:
-			m.fail(s)
-			return
-		default:
+		if found {
 			el.rPrim = m.decodePrimaryKV(res.KV)
 		}
 	case 1:
-		switch {
-		case errors.Is(res.Err, ErrNotFound):
-		case res.Err != nil:
-			m.fail(s)
-			return
-		default:
+		if found {
 			el.rRos = m.decodeRosterKV(res.KV)
 		}
 	case 2:
-		if res.Err != nil {
-			m.fail(s)
-			return
-		}
 		prefix := m.keys.Candidates(s.name)
 		for _, kv := range res.List.KVs {
-			node := m.keys.NameIn(prefix, kv.Key)
-			el.rCands[node] = m.decodeCandKV(kv)
+			el.rCands[m.keys.NameIn(prefix, kv.Key)] = m.decodeCandKV(kv)
 		}
 	case 3:
-		switch {
-		case errors.Is(res.Err, ErrNotFound):
-		case res.Err != nil:
-			m.fail(s)
-			return
-		default:
+		if found {
 			el.rCands[m.cfg.Node] = m.decodeCandKV(res.KV)
 		}
 	}
