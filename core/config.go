@@ -65,7 +65,7 @@ func (c Config) Validate() error {
 		errs = append(errs, err)
 	}
 	if len(c.Services) == 0 {
-		errs = append(errs, errors.New("Services is empty: a node must provide at least one service"))
+		errs = append(errs, errors.New("config field Services is empty: a node must provide at least one service"))
 	}
 	seen := map[string]bool{}
 	for i, s := range c.Services {
@@ -78,7 +78,7 @@ func (c Config) Validate() error {
 		seen[s.Name] = true
 	}
 	if err := validatePrefix(c.Prefix); err != nil {
-		errs = append(errs, fmt.Errorf("Prefix: %w", err))
+		errs = append(errs, fmt.Errorf("config field Prefix: %w", err))
 	}
 	if c.SessionTTL <= 0 {
 		errs = append(errs, fmt.Errorf("SessionTTL is %v: it must be positive (10s is the default)", c.SessionTTL))

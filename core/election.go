@@ -140,7 +140,6 @@ func (e *election) running() bool {
 type target struct {
 	node string
 	cur  candState
-	done bool
 }
 
 // start begins an election for s because something changed (a view, the
@@ -537,15 +536,11 @@ func (m *Machine) writeTargets(s *service, names []string) {
 	for _, n := range names {
 		t := &target{node: n, cur: el.rCands[n]}
 		el.targets[n] = t
-		switch m.fig7(s, t.cur) {
-		case vBehind:
-			m.behind(s, t.cur.rec.Round)
+		write, abandoned := m.judge(s, t)
+		if abandoned {
 			return
-		case vOutranked:
-			el.disq = true
-		case vSatisfied:
-			t.done = true
-		case vWrite:
+		}
+		if write {
 			writes = append(writes, t)
 		}
 	}
@@ -560,6 +555,22 @@ func (m *Machine) writeTargets(s *service, names []string) {
 	if el.outstanding == 0 {
 		m.afterWrites(s)
 	}
+}
+
+// judge applies FIG. 7 to the value t holds: it says whether to write,
+// marks the round disqualified if t holds a higher rank, and abandons the
+// round (catching up) if t holds a newer one.
+func (m *Machine) judge(s *service, t *target) (write, abandoned bool) {
+	switch m.fig7(s, t.cur) {
+	case vBehind:
+		m.behind(s, t.cur.rec.Round)
+		return false, true
+	case vOutranked:
+		s.el.disq = true
+	case vWrite:
+		return true, false
+	}
+	return false, false
 }
 
 func (m *Machine) writeCand(s *service, t *target) {
@@ -588,7 +599,6 @@ func (m *Machine) writeDone(s *service, p pendingOp, res OpResult) {
 	}
 	switch {
 	case p.kind == opWrite && res.Err == nil:
-		t.done = true
 		t.cur = candState{kv: res.KV, exists: true}
 	case p.kind == opWrite && isCASFailure(res.Err):
 		// Someone wrote it since we read it: read it again and re-apply
@@ -605,15 +615,11 @@ func (m *Machine) writeDone(s *service, p pendingOp, res OpResult) {
 		if el.disq {
 			break
 		}
-		switch m.fig7(s, t.cur) {
-		case vBehind:
-			m.behind(s, t.cur.rec.Round)
+		write, abandoned := m.judge(s, t)
+		if abandoned {
 			return
-		case vOutranked:
-			el.disq = true
-		case vSatisfied:
-			t.done = true
-		case vWrite:
+		}
+		if write {
 			m.writeCand(s, t)
 		}
 	default:

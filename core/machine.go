@@ -201,7 +201,6 @@ type pendingOp struct {
 type catchUpState struct {
 	id    uint64
 	floor int64
-	depth int
 	svcs  map[string]bool
 }
 

@@ -30,7 +30,6 @@ type checker struct {
 	members map[string]memberDecoded // member records by key, decoded once per revision
 
 	calmRTTLimit int
-	maxCalmRTT   int
 }
 
 func newChecker(w *world) *checker {
@@ -86,7 +85,7 @@ func (c *checker) sessionEnded(id string, forced bool) {
 	if forced || n == nil || !n.up || n.session != id {
 		return
 	}
-	for _, s := range sortedSvcs(c.acting) {
+	for _, s := range sortedKeys(c.acting) {
 		if c.acting[s][n.id] {
 			c.fail("self-fencing", "%s still acts as primary of %s when the store expires its session %s", n.id, s, id)
 			return
@@ -106,7 +105,7 @@ func (c *checker) sessionLostLocally(n *simNode, id string) {
 }
 
 func (c *checker) nodeReset(n *simNode) {
-	for _, s := range sortedSvcs(c.acting) {
+	for _, s := range sortedKeys(c.acting) {
 		delete(c.acting[s], n.id)
 	}
 }
@@ -156,20 +155,12 @@ func (c *checker) onEvent(n *simNode, ev core.Event) {
 	}
 }
 
-func (c *checker) node(id string) *simNode {
-	for _, n := range c.w.nodes {
-		if n.id == id {
-			return n
-		}
-	}
-	return nil
-}
+func (c *checker) node(id string) *simNode { return c.w.byID[id] }
 
 func (c *checker) onReport(n *simNode, rep core.ElectionReport) {
 	w := c.w
 	if w.stage > 0 && !rep.Started.Before(w.lastMember) && !rep.Started.Before(w.stageAt) {
-		c.maxCalmRTT = max(c.maxCalmRTT, rep.RoundTrips)
-		w.stats.MaxRTT = c.maxCalmRTT
+		w.stats.MaxRTT = max(w.stats.MaxRTT, rep.RoundTrips)
 		if rep.RoundTrips > c.calmRTTLimit {
 			c.fail("liveness", "%s's election of %s (round %s, %s) took %d sequential round trips with a stable view; the bound is %d",
 				n.id, rep.Service, rep.Round, rep.Outcome, rep.RoundTrips, c.calmRTTLimit)
@@ -268,10 +259,6 @@ func (c *checker) checkRank(svc string, claim, prev core.PrimaryRecord) {
 		}
 	}
 }
-
-// afterStep runs after every step; the event-driven checks above cover the
-// invariants, so this only watches for a schedule that runs away.
-func (c *checker) afterStep() {}
 
 // checkSettled runs in the calm phase. Once the membership is stable (every
 // running node has joined and every dead session is gone), the cluster
@@ -430,8 +417,6 @@ func (c *checker) member(kv core.KV) (core.MemberRecord, error) {
 	}
 	return d.rec, d.err
 }
-
-func sortedSvcs(m map[string]map[string]bool) []string { return sortedKeys(m) }
 
 func sortedKeys[V any](m map[string]V) []string {
 	out := make([]string, 0, len(m))

@@ -18,6 +18,3 @@ type Mutations struct {
 	// IgnoreRoster makes a node rank every provider as a spare.
 	IgnoreRoster bool
 }
-
-// Any reports whether any bug is switched on.
-func (m Mutations) Any() bool { return m != Mutations{} }
