@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/concordha/concord/backends/memory"
+	"github.com/concordha/concord/backends/storetest"
 	"github.com/concordha/concord/core"
 )
 
@@ -96,17 +97,7 @@ func (c *cluster) primaryOf(svc string, except ...string) string {
 
 func eventually(t *testing.T, within time.Duration, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %v", within, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	storetest.Eventually(t, within, "condition", cond)
 }
 
 func contains(xs []string, x string) bool {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/concordha/concord/backends/storetest"
 	"github.com/concordha/concord/core"
 )
 
@@ -35,19 +36,7 @@ func manual(t *testing.T, opts Options) (*Server, *core.ManualClock) {
 // eventually polls cond until it returns nil or bound passes.
 func eventually(t *testing.T, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(bound)
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true after %v: %v", what, bound, err)
-		}
-		<-tick.C
-	}
+	storetest.Eventually(t, bound, what, cond)
 }
 
 // quiet fails if ch yields anything within d: a bounded check that

@@ -147,8 +147,16 @@ func (c *check) session(st core.Store) core.Session {
 // cond's last error if timeout passes first.
 func (c *check) eventually(timeout time.Duration, what string, cond func() error) {
 	c.t.Helper()
+	Eventually(c.t, timeout, what, cond)
+}
+
+// Eventually polls cond until it returns nil, and fails t with cond's last
+// error if timeout passes first: the bounded wait every test here uses
+// instead of a sleep.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(c.poll())
+	tick := time.NewTicker(min(max(timeout/500, time.Millisecond), 10*time.Millisecond))
 	defer tick.Stop()
 	for {
 		err := cond()
@@ -156,7 +164,7 @@ func (c *check) eventually(timeout time.Duration, what string, cond func() error
 			return
 		}
 		if time.Now().After(deadline) {
-			c.t.Fatalf("%s: still not true after %v: %v", what, timeout, err)
+			t.Fatalf("%s: still not true after %v: %v", what, timeout, err)
 		}
 		<-tick.C
 	}
