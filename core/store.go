@@ -112,7 +112,8 @@ type SessionOptions struct {
 
 // Session is a liveness lease held by one client. Keys registered under
 // it are deleted by the store when the session ends, whether it is
-// closed, expires, or is expired by force.
+// closed, expires, or is expired by force; a key stays registered when
+// its value is changed by CompareAndSwap or a Txn.
 type Session interface {
 	// ID is the store's identifier of the session, unique for the store's
 	// lifetime. It is stable and never reused.

@@ -120,8 +120,18 @@ func checkSessionCloseDeletesKeys(c *check) {
 	holder, observer := c.client(), c.client()
 	s := c.session(holder)
 	keys := []string{c.key("s/a"), c.key("s/b"), c.key("s/c")}
+	var regs []core.KV
 	for _, k := range keys {
-		c.mustRegister(s, k, "v")
+		regs = append(regs, c.mustRegister(s, k, "v"))
+	}
+	// A registered key stays bound to its session when its value changes,
+	// by CompareAndSwap or by a Txn.
+	c.mustCAS(observer, keys[0], "changed", regs[0].Version)
+	if tx, ok := observer.(core.Txner); ok {
+		res, err := tx.Txn(c.ctx, []core.Op{{Kind: core.OpCAS, Key: keys[1], Value: []byte("changed"), Version: regs[1].Version}})
+		if err != nil || res[0].Err != nil {
+			c.t.Fatalf("Txn CAS of registered key %q: %v %v", keys[1], err, res)
+		}
 	}
 	plain := c.mustCreate(holder, c.key("s/plain"), "stays")
 	if err := s.Close(c.ctx); err != nil {
