@@ -7,10 +7,11 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/concordha/concord/internal/leakcheck"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain checks that no goroutine outlives the tests.
+func TestMain(m *testing.M) { leakcheck.Main(m) }
 
 // TestDemo runs the demo as a newcomer would and checks its timeline.
 func TestDemo(t *testing.T) {

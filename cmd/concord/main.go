@@ -24,7 +24,7 @@ func rootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(demoCmd(), versionCmd())
+	root.AddCommand(runCmd(), validateCmd(), demoCmd(), versionCmd())
 	return root
 }
 

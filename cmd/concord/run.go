@@ -1,0 +1,221 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/concordha/concord/core"
+	"github.com/concordha/concord/internal/config"
+)
+
+// configFlag adds --config, defaulting to $CONCORD_CONFIG.
+func configFlag(cmd *cobra.Command, path *string) {
+	cmd.Flags().StringVarP(path, "config", "c", os.Getenv("CONCORD_CONFIG"),
+		"the node's YAML config file (default $CONCORD_CONFIG; see configs/local.yaml)")
+}
+
+func configPath(path string) (string, error) {
+	if path == "" {
+		return "", errors.New("no config file: give --config FILE or set CONCORD_CONFIG (configs/local.yaml is a single-node example)")
+	}
+	return path, nil
+}
+
+func runCmd() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run a node of a cluster, as its config file says",
+		Long: `run starts a concord node: it opens the store named in the config (or
+starts the embedded etcd), joins the cluster and takes part in the election
+of every service the node provides, logging each role change.
+
+SIGTERM or SIGINT makes the node resign every service it is primary of, so
+that the next node takes over at once instead of after the session TTL, and
+then leave. A second signal stops it without waiting.
+
+Settings come from the file, and CONCORD_* environment variables override
+them (CONCORD_STORE_SESSION_TTL=5s overrides store.session_ttl).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := configPath(path)
+			if err != nil {
+				return err
+			}
+			f, err := config.Load(p)
+			if err != nil {
+				return err
+			}
+			sigs := make(chan os.Signal, 2)
+			signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+			defer signal.Stop(sigs)
+			return runNode(cmd.Context(), f, f.Logger(cmd.ErrOrStderr()), sigs)
+		},
+	}
+	configFlag(cmd, &path)
+	return cmd
+}
+
+func validateCmd() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "validate",
+		Short: "Check a config file (and its CONCORD_* overrides) without running",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := configPath(path)
+			if err != nil {
+				return err
+			}
+			f, err := config.Load(p)
+			if err != nil {
+				return err
+			}
+			describe(cmd.OutOrStdout(), f)
+			for _, w := range f.Warnings() {
+				fmt.Fprintln(cmd.OutOrStdout(), "  warning  ", w)
+			}
+			return nil
+		},
+	}
+	configFlag(cmd, &path)
+	return cmd
+}
+
+// describe prints what a valid config sets up.
+func describe(w io.Writer, f *config.File) {
+	c := f.CoreConfig()
+	fmt.Fprintf(w, "%s: valid\n", f.Path)
+	fmt.Fprintf(w, "  node      %s\n", c.NodeID)
+	fmt.Fprintf(w, "  store     %s\n", storeSummary(f))
+	fmt.Fprintf(w, "  prefix    %s\n", c.Prefix)
+	fmt.Fprintf(w, "  timing    session TTL %v, op timeout %v, retry %v..%v, election timeout %v\n",
+		c.SessionTTL, c.OpTimeout, c.RetryMin, c.RetryMax, c.ElectionTimeout)
+	for _, s := range c.Services {
+		fmt.Fprintf(w, "  service   %s (priority %d)\n", s.Name, s.Priority)
+	}
+}
+
+// runNode runs one node until a signal on sigs (a graceful step-down) or
+// ctx's end (a stop without resigning, as in tests that simulate a crash).
+func runNode(ctx context.Context, f *config.File, log *slog.Logger, sigs <-chan os.Signal) error {
+	cfg := f.CoreConfig()
+	cfg.Logger = log
+	log.Info("starting", "node", cfg.NodeID, "store", storeSummary(f), "services", len(cfg.Services), "session_ttl", cfg.SessionTTL)
+	for _, w := range f.Warnings() {
+		log.Warn("config: " + w)
+	}
+
+	// Opening the store and waiting for it may take long (an embedded
+	// cluster waits for its peers); a signal ends the wait.
+	octx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case sig := <-sigs:
+			log.Info("signal while starting: stopping", "signal", sig.String())
+			cancel()
+		case <-octx.Done():
+		}
+	}()
+	st, err := openStore(octx, f, log)
+	if err != nil {
+		if octx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	defer func() {
+		if err := st.Close(); err != nil {
+			log.Warn("closing the store", "err", err)
+		}
+	}()
+	if !waitReachable(octx, st, cfg, log) {
+		return nil
+	}
+	cancel()
+
+	// The node's own context outlives a signal, so that it can resign.
+	nctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	n, err := core.Start(nctx, st, cfg)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	go logEvents(n, log)
+
+	select {
+	case sig := <-sigs:
+		log.Info("signal: resigning every service this node is primary of, then leaving", "signal", sig.String())
+		sctx, scancel := context.WithTimeout(context.Background(), 2*cfg.SessionTTL)
+		defer scancel()
+		done := make(chan error, 1)
+		go func() { done <- n.StepDown(sctx) }()
+		select {
+		case err := <-done:
+			if err != nil {
+				log.Warn("step-down incomplete; the others take over when this node's session expires", "err", err)
+			} else {
+				log.Info("stepped down")
+			}
+		case sig := <-sigs:
+			log.Warn("second signal: stopping without waiting", "signal", sig.String())
+		}
+		return nil
+	case <-st.Done():
+		return fmt.Errorf("the store stopped: %w", st.Err())
+	case <-n.Done():
+		return errors.New("the node stopped on its own")
+	case <-ctx.Done():
+		return nil
+	}
+}
+
+// logEvents logs each role change of n until it stops.
+func logEvents(n *core.Node, log *slog.Logger) {
+	for ev := range n.Events() {
+		switch ev.Role {
+		case core.RolePrimary:
+			log.Info("this node is primary", "service", ev.Service, "epoch", ev.Epoch, "token", ev.Token)
+		default:
+			log.Info("this node is not primary", "service", ev.Service, "role", ev.Role.String(), "primary", ev.Primary, "epoch", ev.Epoch)
+		}
+	}
+}
+
+// waitReachable lists the cluster's prefix until the store answers,
+// logging each failure and backing off. It returns false if ctx ends.
+func waitReachable(ctx context.Context, st core.Store, cfg core.Config, log *slog.Logger) bool {
+	delay := cfg.RetryMin
+	for attempt := 1; ; attempt++ {
+		rctx, cancel := context.WithTimeout(ctx, cfg.OpTimeout)
+		_, err := st.List(rctx, cfg.Prefix)
+		cancel()
+		if err == nil {
+			if attempt > 1 {
+				log.Info("store reachable", "after_attempts", attempt)
+			}
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		log.Warn("store unreachable; retrying", "attempt", attempt, "retry_in", delay, "err", err)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, cfg.RetryMax)
+	}
+}

@@ -1,0 +1,371 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/concordha/concord/backends/etcd"
+	"github.com/concordha/concord/backends/etcd/embedded"
+	"github.com/concordha/concord/backends/storetest"
+	"github.com/concordha/concord/core"
+	"github.com/concordha/concord/internal/config"
+)
+
+// syncBuffer is a log sink that tests read while nodes write.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// writeConfig writes a config file into a temporary directory.
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "concord.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// execute runs the root command with args and returns its output.
+func execute(args ...string) (string, error) {
+	cmd := rootCmd()
+	var out bytes.Buffer
+	cmd.SetArgs(args)
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	err := cmd.Execute()
+	return out.String(), err
+}
+
+// startEtcd starts an embedded etcd for a test, with a short heartbeat so
+// that it grants 1s leases.
+func startEtcd(t *testing.T, clientURL string) *embedded.Server {
+	t.Helper()
+	srv, err := embedded.Start(context.Background(), embedded.Config{
+		DataDir: t.TempDir(), ClientURL: clientURL,
+		HeartbeatInterval: 50 * time.Millisecond, ElectionTimeout: 500 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatalf("start etcd: %v", err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	return srv
+}
+
+// observer is the test's own client of the store.
+func observer(t *testing.T, srv *embedded.Server) *etcd.Store {
+	t.Helper()
+	st, err := etcd.New(etcd.Config{Endpoints: srv.Endpoints()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	return st
+}
+
+// primaryOf reads who holds the primary record of svc ("" if nobody).
+func primaryOf(ctx context.Context, st core.Store, svc string) (string, error) {
+	keys, _ := core.NewKeys("concord/")
+	kv, err := st.Get(ctx, keys.Primary(svc))
+	if errors.Is(err, core.ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	rec, err := core.DecodePrimary(kv)
+	if err != nil {
+		return "", err
+	}
+	return rec.Node, nil
+}
+
+// waitPrimary waits until the primary record of svc names a node other
+// than not, and returns it.
+func waitPrimary(t *testing.T, st core.Store, svc, not string, within time.Duration) string {
+	t.Helper()
+	var got string
+	storetest.Eventually(t, within, "a primary of "+svc+" other than "+not, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		p, err := primaryOf(ctx, st, svc)
+		got = p
+		if err == nil && (p == "" || p == not) {
+			err = fmt.Errorf("the primary is %q", p)
+		}
+		return err
+	})
+	return got
+}
+
+// runner runs runNode in the background, as `concord run` would.
+type runner struct {
+	logs *syncBuffer
+	sigs chan os.Signal
+	stop context.CancelFunc
+	err  chan error
+}
+
+func startRunner(t *testing.T, path string, environ ...string) *runner {
+	t.Helper()
+	f, err := config.LoadEnv(path, environ)
+	if err != nil {
+		t.Fatalf("load %s: %v", path, err)
+	}
+	r := &runner{logs: &syncBuffer{}, sigs: make(chan os.Signal, 2), err: make(chan error, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.stop = cancel
+	log := slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	go func() { r.err <- runNode(ctx, f, log, r.sigs) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.err:
+		case <-time.After(30 * time.Second):
+			t.Errorf("runNode did not return after its context ended:\n%s", r.logs)
+		}
+	})
+	return r
+}
+
+// terminate sends SIGTERM and waits for runNode to return.
+func (r *runner) terminate(t *testing.T) error {
+	t.Helper()
+	r.sigs <- syscall.SIGTERM
+	select {
+	case err := <-r.err:
+		r.err <- err // for the cleanup
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatalf("runNode did not return after SIGTERM:\n%s", r.logs)
+		return nil
+	}
+}
+
+func (r *runner) waitLog(t *testing.T, within time.Duration, want string) {
+	t.Helper()
+	storetest.Eventually(t, within, "the log line "+want, func() error {
+		if !strings.Contains(r.logs.String(), want) {
+			return errors.New("not logged yet")
+		}
+		return nil
+	})
+}
+
+func etcdConfig(node string, endpoints []string, ttl time.Duration, services string) string {
+	return fmt.Sprintf(`node:
+  id: %s
+store:
+  type: etcd
+  endpoints: [%s]
+  session_ttl: %v
+  op_timeout: 300ms
+  dial_timeout: 1s
+  retry_min: 20ms
+  retry_max: 200ms
+%s`, node, strings.Join(endpoints, ", "), ttl, services)
+}
+
+const oneService = `services:
+  - name: db
+`
+
+func TestValidateExamples(t *testing.T) {
+	paths, err := filepath.Glob("../../configs/*.yaml")
+	if err != nil || len(paths) < 5 {
+		t.Fatalf("configs/: %v %v", paths, err)
+	}
+	for _, p := range paths {
+		out, err := execute("validate", "--config", p)
+		if err != nil {
+			t.Errorf("validate %s: %v\n%s", p, err, out)
+			continue
+		}
+		if !strings.Contains(out, "valid") || !strings.Contains(out, "service") {
+			t.Errorf("validate %s printed:\n%s", p, out)
+		}
+	}
+}
+
+// TestBadConfigNamesFileFieldAndFix: run and validate refuse a bad config
+// before touching any store, naming the file, the field and the fix.
+func TestBadConfigNamesFileFieldAndFix(t *testing.T) {
+	cases := []struct{ name, body, want string }{
+		{"wrong type", "node: {id: a}\nstore: {session_ttl: ten}\n" + oneService, `store.session_ttl: "ten" is not a duration; write e.g. 10s`},
+		{"missing field", "store: {type: embedded}\n" + oneService, "node.id"},
+		{"unknown key", "node: {id: a}\nstore: {sesion_ttl: 10s}\n" + oneService, "did you mean store.session_ttl"},
+		{"TTL shorter than the renew interval", "node: {id: a}\nstore: {session_ttl: 3s, keepalive_interval: 4s}\n" + oneService, "store.keepalive_interval"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := writeConfig(t, c.body)
+			for _, verb := range []string{"validate", "run"} {
+				out, err := execute(verb, "--config", p)
+				if err == nil {
+					t.Fatalf("%s accepted a bad config:\n%s", verb, out)
+				}
+				if !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), c.want) {
+					t.Errorf("%s: error %q does not name the file %s and %q", verb, err, p, c.want)
+				}
+			}
+		})
+	}
+	if _, err := execute("run"); err == nil || !strings.Contains(err.Error(), "--config") {
+		t.Errorf("run without a config: %v", err)
+	}
+}
+
+// TestRunSIGTERMResigns: a primary that gets SIGTERM resigns, and another
+// node takes over long before the session TTL could have expired it.
+func TestRunSIGTERMResigns(t *testing.T) {
+	srv := startEtcd(t, "")
+	obs := observer(t, srv)
+	const ttl = 30 * time.Second
+	a := startRunner(t, writeConfig(t, etcdConfig("a", srv.Endpoints(), ttl, "services:\n  - {name: db, priority: 9}\n")))
+	if p := waitPrimary(t, obs, "db", "", 10*time.Second); p != "a" {
+		t.Fatalf("primary = %s, want a (the higher priority)", p)
+	}
+	a.waitLog(t, 5*time.Second, "this node is primary")
+	b := startRunner(t, writeConfig(t, etcdConfig("b", srv.Endpoints(), ttl, oneService)))
+	b.waitLog(t, 10*time.Second, "this node is not primary")
+
+	if err := a.terminate(t); err != nil {
+		t.Fatalf("SIGTERM: runNode returned %v\n%s", err, a.logs)
+	}
+	// Without the resignation b would wait for a's 30s session to expire.
+	if p := waitPrimary(t, obs, "db", "a", ttl/3); p != "b" {
+		t.Fatalf("primary after SIGTERM = %s, want b", p)
+	}
+	for _, want := range []string{"resigning every service", "stepped down"} {
+		if !strings.Contains(a.logs.String(), want) {
+			t.Errorf("a's log lacks %q:\n%s", want, a.logs)
+		}
+	}
+}
+
+// TestRunRetriesAnUnreachableStore: a node whose store is down at start
+// keeps retrying with backoff, says so, and joins once the store is up.
+func TestRunRetriesAnUnreachableStore(t *testing.T) {
+	url, err := embedded.FreeLoopbackURL()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := startRunner(t, writeConfig(t, etcdConfig("a", []string{url}, 2*time.Second, oneService)))
+	storetest.Eventually(t, 20*time.Second, "three logged retries", func() error {
+		if n := strings.Count(a.logs.String(), "store unreachable; retrying"); n < 3 {
+			return fmt.Errorf("%d retries logged", n)
+		}
+		return nil
+	})
+	select {
+	case err := <-a.err:
+		t.Fatalf("runNode gave up on an unreachable store: %v\n%s", err, a.logs)
+	default:
+	}
+	srv := startEtcd(t, url)
+	if p := waitPrimary(t, observer(t, srv), "db", "", 20*time.Second); p != "a" {
+		t.Fatalf("primary = %s, want a", p)
+	}
+	a.waitLog(t, 5*time.Second, "store reachable")
+}
+
+// TestRunReportsGarbageRecords: records that are not concord's are
+// reported with their keys, and the election overwrites them.
+func TestRunReportsGarbageRecords(t *testing.T) {
+	srv := startEtcd(t, "")
+	obs := observer(t, srv)
+	ctx := context.Background()
+	for _, k := range []string{"concord/primary/db", "concord/cand/db/a"} {
+		if _, err := obs.Create(ctx, k, []byte("\x00garbage")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := startRunner(t, writeConfig(t, etcdConfig("a", srv.Endpoints(), 2*time.Second, oneService)))
+	if p := waitPrimary(t, obs, "db", "", 20*time.Second); p != "a" {
+		t.Fatalf("primary = %s, want a", p)
+	}
+	for _, k := range []string{"concord/primary/db", "concord/cand/db/a"} {
+		if !strings.Contains(a.logs.String(), k) {
+			t.Errorf("the log does not name the bad record %s:\n%s", k, a.logs)
+		}
+	}
+}
+
+// TestRunEmbeddedCluster: three nodes form an embedded etcd cluster among
+// themselves; when the primary's process goes, the other two keep a
+// quorum and elect a successor.
+func TestRunEmbeddedCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts three etcd members")
+	}
+	names := []string{"a", "b", "c"}
+	peers, clients := map[string]string{}, map[string]string{}
+	var initial []string
+	for _, n := range names {
+		var err error
+		if peers[n], err = embedded.FreeLoopbackURL(); err != nil {
+			t.Fatal(err)
+		}
+		if clients[n], err = embedded.FreeLoopbackURL(); err != nil {
+			t.Fatal(err)
+		}
+		initial = append(initial, n+"="+peers[n])
+	}
+	runners := map[string]*runner{}
+	for i, n := range names {
+		body := fmt.Sprintf(`node:
+  id: %s
+store:
+  type: embedded
+  session_ttl: 2s
+  op_timeout: 500ms
+  retry_min: 20ms
+  retry_max: 500ms
+  embedded:
+    data_dir: %s
+    client_url: %s
+    peer_url: %s
+    initial_cluster: %s
+    cluster_token: test
+services:
+  - {name: db, priority: %d}
+`, n, filepath.Join(t.TempDir(), "data"), clients[n], peers[n], strings.Join(initial, ","), 3-i)
+		runners[n] = startRunner(t, writeConfig(t, body))
+	}
+	obs, err := etcd.New(etcd.Config{Endpoints: []string{clients["b"], clients["c"]}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer obs.Close()
+	// The first node to join is elected, and stays (sticky), whatever
+	// the priorities of those that join later.
+	first := waitPrimary(t, obs, "db", "", 60*time.Second)
+	runners[first].stop() // its process goes, and its etcd member with it
+	next := waitPrimary(t, obs, "db", first, 60*time.Second)
+	if want := map[string]string{"a": "b", "b": "a", "c": "a"}[first]; next != want {
+		t.Fatalf("primary after %s left = %s, want %s (the highest priority left)", first, next, want)
+	}
+}

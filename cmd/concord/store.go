@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/concordha/concord/backends/etcd"
+	"github.com/concordha/concord/backends/etcd/embedded"
+	"github.com/concordha/concord/backends/memory"
+	"github.com/concordha/concord/core"
+	"github.com/concordha/concord/internal/config"
+)
+
+// nodeStore is the store a node runs on, with whatever runs it in this
+// process (the embedded etcd, the memory server).
+type nodeStore struct {
+	core.Store
+	done    <-chan struct{} // closed if an in-process server stops; nil if none
+	err     func() error
+	closers []func() error // run in reverse order by Close
+}
+
+// Done is closed if the in-process server under the store stops.
+func (s *nodeStore) Done() <-chan struct{} { return s.done }
+
+// Err tells why Done fired.
+func (s *nodeStore) Err() error {
+	if s.err == nil {
+		return nil
+	}
+	return s.err()
+}
+
+// Close closes the client, then the server under it.
+func (s *nodeStore) Close() error {
+	var errs []error
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		errs = append(errs, s.closers[i]())
+	}
+	return errors.Join(errs...)
+}
+
+func storeSummary(f *config.File) string {
+	switch f.Store.Type {
+	case config.StoreEmbedded:
+		e := f.Store.Embedded
+		return fmt.Sprintf("embedded etcd (member %s, data %s, clients %s)", e.Name, e.DataDir, e.ClientURL)
+	case config.StoreMemory:
+		return "memory (this process only)"
+	default:
+		return fmt.Sprintf("%s at %s", f.Store.Type, strings.Join(f.Store.Endpoints, ","))
+	}
+}
+
+// openStore opens the store the config names. The embedded etcd is
+// started here, and retried with backoff while it cannot start (its peers
+// may not be up yet); it returns early only when ctx ends.
+func openStore(ctx context.Context, f *config.File, log *slog.Logger) (*nodeStore, error) {
+	s := f.Store
+	switch s.Type {
+	case config.StoreMemory:
+		log.Warn("store.type is memory: the store lives in this process; no other node can join, and nothing survives a restart")
+		srv := memory.New(memory.Options{MaxTxnOps: s.MaxTxnOps})
+		return &nodeStore{Store: srv.Client(f.Node.ID), closers: []func() error{func() error { srv.Close(); return nil }}}, nil
+
+	case config.StoreEmbedded:
+		srv, err := startEmbedded(ctx, f, log)
+		if err != nil {
+			return nil, err
+		}
+		st, err := etcd.New(etcd.Config{
+			Endpoints: srv.Endpoints(), DialTimeout: s.DialTimeout,
+			KeepAliveInterval: s.KeepaliveInterval, MaxTxnOps: embeddedMaxTxnOps(s.MaxTxnOps),
+			Logger: log,
+		})
+		if err != nil {
+			_ = srv.Close()
+			return nil, err
+		}
+		return &nodeStore{Store: st, done: srv.Done(), err: srv.Err,
+			closers: []func() error{srv.Close, st.Close}}, nil
+
+	case config.StoreEtcd:
+		cfg := etcd.Config{
+			Endpoints: s.Endpoints, DialTimeout: s.DialTimeout,
+			Username: s.Auth.Username, KeepAliveInterval: s.KeepaliveInterval,
+			MaxTxnOps: s.MaxTxnOps, Logger: log,
+		}
+		if s.Auth.Username != "" {
+			pw, err := s.Auth.PasswordValue()
+			if err != nil {
+				return nil, fmt.Errorf("%s: store.auth: %w", f.Path, err)
+			}
+			cfg.Password = pw
+		}
+		if s.TLS.Enabled() {
+			cfg.TLS = &etcd.TLSFiles{CAFile: s.TLS.CAFile, CertFile: s.TLS.CertFile, KeyFile: s.TLS.KeyFile,
+				ServerName: s.TLS.ServerName, InsecureSkipVerify: s.TLS.InsecureSkipVerify}
+		}
+		st, err := etcd.New(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("%s: store: %w", f.Path, err)
+		}
+		return &nodeStore{Store: st, closers: []func() error{st.Close}}, nil
+
+	default:
+		return nil, fmt.Errorf("%s: store.type is %q, but this build of concord has no %s backend yet; use embedded or etcd (the Consul and ZooKeeper backends are on the way, and their config is already checked)", f.Path, s.Type, s.Type)
+	}
+}
+
+// embeddedMaxTxnOps is what the embedded server allows and its client
+// uses: concord batches the writes of many services into one transaction,
+// so the embedded etcd allows more than etcd's default of 128.
+func embeddedMaxTxnOps(configured int) int {
+	if configured > 0 {
+		return configured
+	}
+	return 1024
+}
+
+func startEmbedded(ctx context.Context, f *config.File, log *slog.Logger) (*embedded.Server, error) {
+	e := f.Store.Embedded
+	cfg := embedded.Config{
+		Name: e.Name, DataDir: e.DataDir, ClientURL: e.ClientURL, PeerURL: e.PeerURL,
+		InitialCluster: e.InitialCluster, ClusterState: e.ClusterState, ClusterToken: e.ClusterToken,
+		MaxTxnOps: embeddedMaxTxnOps(f.Store.MaxTxnOps), Logger: log,
+	}
+	delay := f.Store.RetryMin
+	for attempt := 1; ; attempt++ {
+		srv, err := embedded.Start(ctx, cfg)
+		if err == nil {
+			log.Info("embedded etcd serving", "member", e.Name, "clients", strings.Join(srv.Endpoints(), ","), "data_dir", e.DataDir)
+			return srv, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		log.Warn("embedded etcd could not start; retrying", "attempt", attempt, "retry_in", delay, "data_dir", e.DataDir, "initial_cluster", e.InitialCluster, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, max(f.Store.RetryMax, 10*time.Second))
+	}
+}
