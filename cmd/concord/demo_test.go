@@ -18,7 +18,7 @@ func TestDemo(t *testing.T) {
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	err := runDemo(ctx, &out, demoOptions{nodes: 3, services: 2, ttl: 400 * time.Millisecond})
+	err := runDemo(ctx, &out, demoOptions{nodes: 3, services: 2, ttl: time.Second})
 	if err != nil {
 		t.Fatalf("demo failed: %v\n%s", err, out.String())
 	}
@@ -30,7 +30,7 @@ func TestDemo(t *testing.T) {
 }
 
 func TestDemoRejectsBadFlags(t *testing.T) {
-	for _, args := range [][]string{{"demo", "--nodes", "2"}, {"demo", "--services", "1"}, {"demo", "--ttl", "1ms"}} {
+	for _, args := range [][]string{{"demo", "--nodes", "2"}, {"demo", "--services", "1"}, {"demo", "--ttl", "1ms"}, {"demo", "--ttl", "1500ms"}} {
 		cmd := rootCmd()
 		cmd.SetArgs(args)
 		cmd.SetOut(&bytes.Buffer{})
