@@ -17,9 +17,13 @@ vet:
 	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 
 ## bench: the election benchmark table (store operations, round trips,
-## failover time) for 3, 5, 9 and 25 nodes and 1, 100 and 1,000 services.
+## failover time) for 3, 5, 9 and 25 nodes and 1, 100 and 1,000 services;
+## then failover on an embedded etcd for 3 and 5 nodes (crash, as time
+## above the session TTL, and graceful handover), beside etcd's own
+## client/v3/concurrency Election with the same TTL, and their ratios.
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime=3x -timeout 60m ./core/...
+	$(GO) test -run '^$$' -bench Failover -benchtime=5x -timeout 30m ./backends/etcd/
 
 ## soak: many more seeded schedules than `make test`, from a new first
 ## seed each time (FIRST=N SEEDS=M to choose), plus the largest shape.
