@@ -369,3 +369,43 @@ services:
 		t.Fatalf("primary after %s left = %s, want %s (the highest priority left)", first, next, want)
 	}
 }
+
+// TestRunCommandOnSIGTERM runs `concord run` itself and sends the process
+// a real SIGTERM: the command resigns, leaves and returns without error.
+func TestRunCommandOnSIGTERM(t *testing.T) {
+	srv := startEtcd(t, "")
+	obs := observer(t, srv)
+	path := writeConfig(t, etcdConfig("a", srv.Endpoints(), 30*time.Second, oneService))
+	logs := &syncBuffer{}
+	cmd := rootCmd()
+	cmd.SetArgs([]string{"run", "--config", path})
+	cmd.SetOut(logs)
+	cmd.SetErr(logs)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Execute() }()
+	// The command has installed its signal handler once the node runs.
+	storetest.Eventually(t, 20*time.Second, "node a primary", func() error {
+		if !strings.Contains(logs.String(), "this node is primary") {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run returned %v after SIGTERM:\n%s", err, logs)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("run still running 20s after SIGTERM:\n%s", logs)
+	}
+	if !strings.Contains(logs.String(), "stepped down") {
+		t.Errorf("no step-down in the log:\n%s", logs)
+	}
+	// The resignation cleared the primary record: no 30s wait for the TTL.
+	if p, err := primaryOf(context.Background(), obs, "db"); err != nil || p != "" {
+		t.Errorf("primary record after SIGTERM names %q (%v), want none", p, err)
+	}
+}
