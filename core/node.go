@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 )
@@ -38,6 +39,7 @@ type Node struct {
 
 	// Owned by the loop.
 	sess        Session
+	lostIDs     []string // sessions this node lost, newest last (a few)
 	opening     bool
 	waiters     []waiter
 	rosterWaits map[uint64]chan error
@@ -426,6 +428,10 @@ func (n *Node) sessionLost() {
 	n.sess = nil
 	n.setLiveSession(nil)
 	n.m.LoseSession()
+	n.lostIDs = append(n.lostIDs, old.ID())
+	if len(n.lostIDs) > 4 {
+		n.lostIDs = n.lostIDs[1:]
+	}
 	n.log.Warn("session lost: stopped acting as primary; rejoining", "session", old.ID(), "err", old.Err())
 	// Revoke it in case the store still holds it, so that our member
 	// record goes now instead of at the TTL. Bounded, and not the loop's
@@ -449,6 +455,7 @@ func (n *Node) openSession() {
 		return
 	}
 	n.opening = true
+	lost := append([]string(nil), n.lostIDs...)
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
@@ -500,6 +507,9 @@ func (n *Node) openSession() {
 			}
 			fails++
 			d := min(n.cfg.RetryMin<<min(fails, 16), n.cfg.RetryMax)
+			if errors.Is(err, ErrExists) && n.expireOwnRecord(&lost) {
+				continue
+			}
 			if errors.Is(err, ErrExists) {
 				n.log.Warn("cannot join yet: the member record already exists; either another node runs with this NodeID, or this node's previous session has not expired yet (it will within SessionTTL)", "key", n.cfg.Prefix+"members/"+n.cfg.NodeID, "retry_in", d)
 			} else {
@@ -511,6 +521,42 @@ func (n *Node) openSession() {
 			}
 		}
 	}()
+}
+
+// expireOwnRecord ends the session that holds this node's member record
+// if it is one this node lost (the store kept it, for example across its
+// own restart, which renews every lease), so that the node rejoins now
+// rather than a TTL later. It needs a store that is an Expirer, and
+// touches no other node's session. It tries each lost session once
+// (removing it from *lost), and reports whether it ended one.
+func (n *Node) expireOwnRecord(lost *[]string) bool {
+	exp, ok := n.st.(Expirer)
+	if !ok || len(*lost) == 0 {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.OpTimeout)
+	defer cancel()
+	keys, _ := NewKeys(n.cfg.Prefix)
+	key := keys.Member(n.cfg.NodeID)
+	kv, err := n.st.Get(ctx, key)
+	if err != nil {
+		return false
+	}
+	rec, err := DecodeMember(kv)
+	if err != nil {
+		return false
+	}
+	i := slices.Index(*lost, rec.Session)
+	if i < 0 {
+		return false
+	}
+	*lost = slices.Delete(*lost, i, i+1)
+	if err := exp.ExpireSession(ctx, rec.Session); err != nil && !errors.Is(err, ErrNotFound) {
+		n.log.Warn("could not end this node's previous session; waiting for the store to expire it", "session", rec.Session, "err", err)
+		return false
+	}
+	n.log.Info("ended this node's previous session, which the store still held, to rejoin at once", "session", rec.Session, "key", key)
+	return true
 }
 
 func isDone(s Session) bool {
