@@ -139,7 +139,7 @@ func runNode(ctx context.Context, f *config.File, log *slog.Logger, sigs <-chan 
 			log.Warn("closing the store", "err", err)
 		}
 	}()
-	if !waitReachable(octx, st, cfg, log) {
+	if !waitReachable(octx, st.store, cfg, log) {
 		return nil
 	}
 	cancel()
@@ -147,7 +147,7 @@ func runNode(ctx context.Context, f *config.File, log *slog.Logger, sigs <-chan 
 	// The node's own context outlives a signal, so that it can resign.
 	nctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	n, err := core.Start(nctx, st, cfg)
+	n, err := core.Start(nctx, st.store, cfg)
 	if err != nil {
 		return err
 	}

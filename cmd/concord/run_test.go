@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -407,5 +408,116 @@ func TestRunCommandOnSIGTERM(t *testing.T) {
 	// The resignation cleared the primary record: no 30s wait for the TTL.
 	if p, err := primaryOf(context.Background(), obs, "db"); err != nil || p != "" {
 		t.Errorf("primary record after SIGTERM names %q (%v), want none", p, err)
+	}
+}
+
+// TestRunRetriesAnEmbeddedStoreThatCannotStart: while the embedded etcd
+// cannot start (its client port is taken), the node says why and retries;
+// it starts once the port is free.
+func TestRunRetriesAnEmbeddedStoreThatCannotStart(t *testing.T) {
+	url, err := embedded.FreeLoopbackURL()
+	if err != nil {
+		t.Fatal(err)
+	}
+	squatter, err := net.Listen("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer squatter.Close()
+	a := startRunner(t, writeConfig(t, fmt.Sprintf(`node:
+  id: a
+store:
+  type: embedded
+  session_ttl: 2s
+  op_timeout: 500ms
+  retry_min: 20ms
+  retry_max: 200ms
+  embedded:
+    data_dir: %s
+    client_url: %s
+services:
+  - name: db
+`, filepath.Join(t.TempDir(), "data"), url)))
+	storetest.Eventually(t, 30*time.Second, "two logged retries", func() error {
+		if n := strings.Count(a.logs.String(), "embedded etcd could not start; retrying"); n < 2 {
+			return fmt.Errorf("%d retries logged", n)
+		}
+		return nil
+	})
+	_ = squatter.Close()
+	a.waitLog(t, 60*time.Second, "this node is primary")
+}
+
+// TestRunSurvivesTheStoreGoing: when the store goes away under a running
+// primary, the node stops acting as primary once its session cannot be
+// renewed, says so, keeps trying, and is elected again when the store is
+// back.
+func TestRunSurvivesTheStoreGoing(t *testing.T) {
+	srv := startEtcd(t, "")
+	cfg := srv.Config()
+	a := startRunner(t, writeConfig(t, etcdConfig("a", srv.Endpoints(), 2*time.Second, oneService)))
+	a.waitLog(t, 20*time.Second, "this node is primary")
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a.waitLog(t, 20*time.Second, "this node is not primary")
+	a.waitLog(t, 20*time.Second, "cannot join the cluster")
+	srv2, err := embedded.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("restart etcd: %v", err)
+	}
+	defer srv2.Close()
+	storetest.Eventually(t, 60*time.Second, "a primary again", func() error {
+		if n := strings.Count(a.logs.String(), "this node is primary"); n < 2 {
+			return fmt.Errorf("primary %d times", n)
+		}
+		return nil
+	})
+	select {
+	case err := <-a.err:
+		t.Fatalf("runNode returned while the store was away: %v", err)
+	default:
+	}
+	// etcd renewed every lease when it restarted, so the node's lost
+	// session still held its member record: the node ended it instead of
+	// waiting a TTL for it to expire.
+	if !strings.Contains(a.logs.String(), "ended this node's previous session") {
+		t.Errorf("the node did not end its own lingering session:\n%s", a.logs)
+	}
+}
+
+// TestOpenStoreKeepsCapabilities: the node gets the backend itself, so
+// that it batches with Txn and can end its own stale sessions.
+func TestOpenStoreKeepsCapabilities(t *testing.T) {
+	url, err := embedded.FreeLoopbackURL()
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := embedded.FreeLoopbackURL()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, body := range []string{
+		"node: {id: a}\nstore: {type: memory}\n" + oneService,
+		fmt.Sprintf("node: {id: a}\nstore:\n  type: embedded\n  embedded: {data_dir: %s, client_url: %s, peer_url: %s}\n%s",
+			filepath.Join(t.TempDir(), "data"), url, peer, oneService),
+	} {
+		f, err := config.LoadEnv(writeConfig(t, body), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := openStore(context.Background(), f, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatalf("%s: %v", f.Store.Type, err)
+		}
+		if _, ok := st.store.(core.Txner); !ok {
+			t.Errorf("%s: the node's store is not a Txner", f.Store.Type)
+		}
+		if _, ok := st.store.(core.Expirer); !ok {
+			t.Errorf("%s: the node's store is not an Expirer", f.Store.Type)
+		}
+		if err := st.Close(); err != nil {
+			t.Errorf("%s: Close: %v", f.Store.Type, err)
+		}
 	}
 }

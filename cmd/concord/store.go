@@ -16,9 +16,11 @@ import (
 )
 
 // nodeStore is the store a node runs on, with whatever runs it in this
-// process (the embedded etcd, the memory server).
+// process (the embedded etcd, the memory server). The backend is a named
+// field, not embedded, so that core gets the backend itself and sees its
+// optional capabilities (Txner, Expirer), which a wrapper would hide.
 type nodeStore struct {
-	core.Store
+	store   core.Store
 	done    <-chan struct{} // closed if an in-process server stops; nil if none
 	err     func() error
 	closers []func() error // run in reverse order by Close
@@ -65,7 +67,7 @@ func openStore(ctx context.Context, f *config.File, log *slog.Logger) (*nodeStor
 	case config.StoreMemory:
 		log.Warn("store.type is memory: the store lives in this process; no other node can join, and nothing survives a restart")
 		srv := memory.New(memory.Options{MaxTxnOps: s.MaxTxnOps})
-		return &nodeStore{Store: srv.Client(f.Node.ID), closers: []func() error{func() error { srv.Close(); return nil }}}, nil
+		return &nodeStore{store: srv.Client(f.Node.ID), closers: []func() error{func() error { srv.Close(); return nil }}}, nil
 
 	case config.StoreEmbedded:
 		srv, err := startEmbedded(ctx, f, log)
@@ -81,7 +83,7 @@ func openStore(ctx context.Context, f *config.File, log *slog.Logger) (*nodeStor
 			_ = srv.Close()
 			return nil, err
 		}
-		return &nodeStore{Store: st, done: srv.Done(), err: srv.Err,
+		return &nodeStore{store: st, done: srv.Done(), err: srv.Err,
 			closers: []func() error{srv.Close, st.Close}}, nil
 
 	case config.StoreEtcd:
@@ -105,7 +107,7 @@ func openStore(ctx context.Context, f *config.File, log *slog.Logger) (*nodeStor
 		if err != nil {
 			return nil, fmt.Errorf("%s: store: %w", f.Path, err)
 		}
-		return &nodeStore{Store: st, closers: []func() error{st.Close}}, nil
+		return &nodeStore{store: st, closers: []func() error{st.Close}}, nil
 
 	default:
 		return nil, fmt.Errorf("%s: store.type is %q, but this build of concord has no %s backend yet; use embedded or etcd (the Consul and ZooKeeper backends are on the way, and their config is already checked)", f.Path, s.Type, s.Type)
