@@ -162,8 +162,11 @@ type Txner interface {
 	MaxTxnOps() int
 }
 
-// Expirer is an optional capability for tests and operators: end a
-// session from outside, as if its TTL had passed.
+// Expirer is an optional capability: end a session from outside, as if
+// its TTL had passed. Tests and operators use it, and so does a Node
+// whose lost session the store still holds (say, across a store restart
+// that renewed every lease): it ends that session, its own, and rejoins
+// at once instead of a TTL later. A Node never ends another's session.
 type Expirer interface {
 	// ExpireSession ends the session with the given ID at the store. Its
 	// registered keys are deleted and its holder sees ErrSessionLost.
