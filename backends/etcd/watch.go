@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordha/concord/backends/internal/latest"
 	"github.com/concordha/concord/core"
 )
 
@@ -209,22 +210,7 @@ func (w *watcher) end(err error) {
 }
 
 // offer puts snap in the channel, replacing the undelivered one if any.
-// Only the watch's goroutine sends, so after the drop there is room.
-func (w *watcher) offer(snap core.Snapshot) {
-	select {
-	case w.out <- snap:
-		return
-	default:
-	}
-	select {
-	case <-w.out:
-	default:
-	}
-	select {
-	case w.out <- snap:
-	default:
-	}
-}
+func (w *watcher) offer(snap core.Snapshot) { latest.Offer(w.out, snap) }
 
 func sameKVs(a, b []core.KV) bool {
 	return slices.EqualFunc(a, b, func(x, y core.KV) bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 
+	"github.com/concordha/concord/backends/internal/latest"
 	"github.com/concordha/concord/core"
 )
 
@@ -85,20 +86,5 @@ func (w *watcher) run(ctx context.Context) {
 	}
 }
 
-// offer puts snap in the channel, dropping the undelivered one if any.
-// Only this goroutine sends, so after the drop there is room.
-func (w *watcher) offer(snap core.Snapshot) {
-	select {
-	case w.out <- snap:
-		return
-	default:
-	}
-	select {
-	case <-w.out:
-	default:
-	}
-	select {
-	case w.out <- snap:
-	default:
-	}
-}
+// offer puts snap in the channel, replacing the undelivered one if any.
+func (w *watcher) offer(snap core.Snapshot) { latest.Offer(w.out, snap) }
