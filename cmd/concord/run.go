@@ -23,11 +23,12 @@ func configFlag(cmd *cobra.Command, path *string) {
 		"the node's YAML config file (default $CONCORD_CONFIG; see configs/local.yaml)")
 }
 
-func configPath(path string) (string, error) {
+// loadConfig loads the file --config names.
+func loadConfig(path string) (*config.File, error) {
 	if path == "" {
-		return "", errors.New("no config file: give --config FILE or set CONCORD_CONFIG (configs/local.yaml is a single-node example)")
+		return nil, errors.New("no config file: give --config FILE or set CONCORD_CONFIG (configs/local.yaml is a single-node example)")
 	}
-	return path, nil
+	return config.Load(path)
 }
 
 func runCmd() *cobra.Command {
@@ -47,11 +48,7 @@ Settings come from the file, and CONCORD_* environment variables override
 them (CONCORD_STORE_SESSION_TTL=5s overrides store.session_ttl).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			p, err := configPath(path)
-			if err != nil {
-				return err
-			}
-			f, err := config.Load(p)
+			f, err := loadConfig(path)
 			if err != nil {
 				return err
 			}
@@ -72,11 +69,7 @@ func validateCmd() *cobra.Command {
 		Short: "Check a config file (and its CONCORD_* overrides) without running",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			p, err := configPath(path)
-			if err != nil {
-				return err
-			}
-			f, err := config.Load(p)
+			f, err := loadConfig(path)
 			if err != nil {
 				return err
 			}
