@@ -174,14 +174,19 @@ func runNode(ctx context.Context, f *config.File, log *slog.Logger, sigs <-chan 
 	}
 }
 
-// logEvents logs each role change of n until it stops.
+// logEvents logs when this node becomes primary of a service and when it
+// stops being primary (core logs every role change at the "role"
+// message).
 func logEvents(n *core.Node, log *slog.Logger) {
+	primary := map[string]bool{}
 	for ev := range n.Events() {
-		switch ev.Role {
-		case core.RolePrimary:
+		switch {
+		case ev.Role == core.RolePrimary && !primary[ev.Service]:
+			primary[ev.Service] = true
 			log.Info("this node is primary", "service", ev.Service, "epoch", ev.Epoch, "token", ev.Token)
-		default:
-			log.Info("this node is not primary", "service", ev.Service, "role", ev.Role.String(), "primary", ev.Primary, "epoch", ev.Epoch)
+		case ev.Role != core.RolePrimary && primary[ev.Service]:
+			primary[ev.Service] = false
+			log.Info("this node is no longer primary", "service", ev.Service, "role", ev.Role.String(), "primary", ev.Primary)
 		}
 	}
 }

@@ -251,7 +251,7 @@ func TestRunSIGTERMResigns(t *testing.T) {
 	}
 	a.waitLog(t, 5*time.Second, "this node is primary")
 	b := startRunner(t, writeConfig(t, etcdConfig("b", srv.Endpoints(), ttl, oneService)))
-	b.waitLog(t, 10*time.Second, "this node is not primary")
+	b.waitLog(t, 10*time.Second, "service=db role=spare")
 
 	if err := a.terminate(t); err != nil {
 		t.Fatalf("SIGTERM: runNode returned %v\n%s", err, a.logs)
@@ -460,7 +460,7 @@ func TestRunSurvivesTheStoreGoing(t *testing.T) {
 	if err := srv.Close(); err != nil {
 		t.Fatal(err)
 	}
-	a.waitLog(t, 20*time.Second, "this node is not primary")
+	a.waitLog(t, 20*time.Second, "this node is no longer primary")
 	a.waitLog(t, 20*time.Second, "cannot join the cluster")
 	srv2, err := embedded.Start(context.Background(), cfg)
 	if err != nil {
