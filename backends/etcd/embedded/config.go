@@ -1,11 +1,14 @@
 package embedded
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -42,13 +45,22 @@ type Config struct {
 	// ignores InitialCluster and ClusterState.
 	DataDir string
 	// ClientURL is the URL to listen on and advertise for clients, such as
-	// "http://127.0.0.1:2379". "" picks a free loopback port.
+	// "http://127.0.0.1:2379", or "https://..." when ClientTLS is set.
+	// "" picks a free loopback port, with the scheme ClientTLS calls for.
 	ClientURL string
-	// PeerURL is the URL for raft peers. "" takes this member's entry of
-	// InitialCluster, or else picks a free loopback port. A member of a
+	// PeerURL is the URL for raft peers: http, or https when PeerTLS is
+	// set. "" takes this member's entry of InitialCluster, or else picks a
+	// free loopback port with the scheme PeerTLS calls for. A member of a
 	// cluster must keep its PeerURL across restarts: the others know it
 	// by that URL.
 	PeerURL string
+	// ClientTLS, if set, serves clients over TLS only: ClientURL must be
+	// https. nil serves them in plaintext, on an http ClientURL.
+	ClientTLS *TLS
+	// PeerTLS, if set, secures the traffic between members: PeerURL and
+	// every URL of InitialCluster must be https, and every member of the
+	// cluster needs it too. nil means plaintext, on http URLs.
+	PeerTLS *TLS
 	// InitialCluster lists the members of a new cluster as
 	// "name1=peerURL1,name2=peerURL2,..."; it must name this member. ""
 	// means a one-member cluster of this member.
@@ -88,6 +100,31 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// TLS is the certificate setup of one of a member's listeners: the one
+// for clients (Config.ClientTLS) or the one for peers (Config.PeerTLS).
+// The files are PEM; Start reads them before it starts the member. etcd
+// reads the certificate and key again on every handshake, so they can be
+// renewed in place; the CA bundle only when the member starts.
+type TLS struct {
+	// CertFile and KeyFile are the member's certificate and its private
+	// key; both are required. The certificate must name the host of the
+	// URL it serves (an IP SAN of 127.0.0.1 for the loopback defaults).
+	// For peers the member also presents it when it dials the others, so
+	// with ClientCertAuth it needs the client-auth extended key usage as
+	// well as server-auth.
+	CertFile, KeyFile string
+	// TrustedCAFile is the CA bundle that verifies the certificates that
+	// clients (or peers) present, and, for peers, the other members'
+	// server certificates. Required with ClientCertAuth; "" otherwise
+	// means the system's roots.
+	TrustedCAFile string
+	// ClientCertAuth refuses every connection whose client (or peer) does
+	// not present a certificate that TrustedCAFile verifies. With etcd
+	// auth enabled, a client that presents one and no token is the user
+	// named by its certificate's common name.
+	ClientCertAuth bool
+}
+
 // Validate checks cfg without touching the network or the disk. Each
 // error names the field and says how to fix it.
 func (c Config) Validate() error {
@@ -101,18 +138,25 @@ func (c Config) Validate() error {
 	if strings.ContainsAny(c.Name, "=,") {
 		bad("Name %q contains '=' or ',': choose a name without them (InitialCluster uses both as separators)", c.Name)
 	}
+	clientScheme, peerScheme := schemeFor(c.ClientTLS), schemeFor(c.PeerTLS)
 	if c.ClientURL != "" {
-		if err := checkURL(c.ClientURL); err != nil {
-			bad("ClientURL %q: %v: use a URL like \"http://127.0.0.1:2379\", or \"\" to pick a free port", c.ClientURL, err)
+		if err := checkURL(c.ClientURL, clientScheme, "ClientTLS"); err != nil {
+			bad("ClientURL %q: %v: use a URL like \"%s://127.0.0.1:2379\", or \"\" to pick a free port", c.ClientURL, err, clientScheme)
 		}
 	}
 	if c.PeerURL != "" {
-		if err := checkURL(c.PeerURL); err != nil {
-			bad("PeerURL %q: %v: use a URL like \"http://127.0.0.1:2380\", or \"\" to pick a free port", c.PeerURL, err)
+		if err := checkURL(c.PeerURL, peerScheme, "PeerTLS"); err != nil {
+			bad("PeerURL %q: %v: use a URL like \"%s://127.0.0.1:2380\", or \"\" to pick a free port", c.PeerURL, err, peerScheme)
 		}
 	}
-	if c.ClientURL != "" && c.ClientURL == c.PeerURL {
-		bad("ClientURL and PeerURL are both %q: give each its own port", c.ClientURL)
+	for _, e := range c.ClientTLS.check("ClientTLS") {
+		bad("%s", e)
+	}
+	for _, e := range c.PeerTLS.check("PeerTLS") {
+		bad("%s", e)
+	}
+	if c.ClientURL != "" && c.PeerURL != "" && hostOf(c.ClientURL) == hostOf(c.PeerURL) {
+		bad("ClientURL %q and PeerURL %q are on the same host and port: give each its own port", c.ClientURL, c.PeerURL)
 	}
 	switch c.ClusterState {
 	case "", ClusterStateNew:
@@ -124,9 +168,9 @@ func (c Config) Validate() error {
 		bad(`ClusterState %q: want "new" or "existing"`, c.ClusterState)
 	}
 	if c.InitialCluster != "" {
-		members, err := parseCluster(c.InitialCluster)
+		members, err := parseCluster(c.InitialCluster, peerScheme)
 		if err != nil {
-			bad("InitialCluster %q: %v: write it as \"name1=http://host1:port1,name2=http://host2:port2\"", c.InitialCluster, err)
+			bad("InitialCluster %q: %v: write it as \"name1=%s://host1:port1,name2=%s://host2:port2\"", c.InitialCluster, err, peerScheme, peerScheme)
 		} else {
 			name := c.name()
 			peer, ok := members[name]
@@ -205,17 +249,17 @@ func (c Config) resolved() (Config, error) {
 		c.CompactionRetention = DefaultCompaction
 	}
 	if c.PeerURL == "" && c.InitialCluster != "" {
-		members, _ := parseCluster(c.InitialCluster)
+		members, _ := parseCluster(c.InitialCluster, schemeFor(c.PeerTLS))
 		c.PeerURL = members[c.Name]
 	}
 	var err error
 	if c.ClientURL == "" {
-		if c.ClientURL, err = FreeLoopbackURL(); err != nil {
+		if c.ClientURL, err = freeLoopback(schemeFor(c.ClientTLS)); err != nil {
 			return c, err
 		}
 	}
 	if c.PeerURL == "" {
-		if c.PeerURL, err = FreeLoopbackURL(); err != nil {
+		if c.PeerURL, err = freeLoopback(schemeFor(c.PeerTLS)); err != nil {
 			return c, err
 		}
 	}
@@ -225,14 +269,29 @@ func (c Config) resolved() (Config, error) {
 	return c, nil
 }
 
-// checkURL accepts what etcd can listen on without TLS: http://host:port.
-func checkURL(raw string) error {
+// schemeFor is the URL scheme of a listener with the TLS setup t.
+func schemeFor(t *TLS) string {
+	if t != nil {
+		return "https"
+	}
+	return "http"
+}
+
+// checkURL accepts scheme://host:port, where scheme is what the
+// listener's TLS setup, the field named tlsField, calls for.
+func checkURL(raw, scheme, tlsField string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return err
 	}
-	if u.Scheme != "http" {
-		return fmt.Errorf("scheme %q is not supported (only http)", u.Scheme)
+	switch {
+	case u.Scheme == scheme:
+	case u.Scheme == "https":
+		return fmt.Errorf("scheme https needs %s, which is nil: set it, or", tlsField)
+	case u.Scheme == "http":
+		return fmt.Errorf("scheme http with %s set: a TLS listener needs https", tlsField)
+	default:
+		return fmt.Errorf("scheme %q is not supported (only %s here)", u.Scheme, scheme)
 	}
 	if u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.User != nil {
 		return errors.New("it must be only a scheme, a host and a port")
@@ -250,8 +309,18 @@ func checkURL(raw string) error {
 	return nil
 }
 
-// parseCluster reads "name=url,..." into a map from name to peer URL.
-func parseCluster(s string) (map[string]string, error) {
+// hostOf is the host:port of a URL, or the URL itself if it does not
+// parse.
+func hostOf(raw string) string {
+	if u, err := url.Parse(raw); err == nil && u.Host != "" {
+		return u.Host
+	}
+	return raw
+}
+
+// parseCluster reads "name=url,..." into a map from name to peer URL;
+// every URL must have scheme.
+func parseCluster(s, scheme string) (map[string]string, error) {
 	members := make(map[string]string)
 	for _, entry := range strings.Split(s, ",") {
 		name, peer, ok := strings.Cut(strings.TrimSpace(entry), "=")
@@ -261,7 +330,7 @@ func parseCluster(s string) (map[string]string, error) {
 		if _, dup := members[name]; dup {
 			return nil, fmt.Errorf("member %q is listed twice", name)
 		}
-		if err := checkURL(peer); err != nil {
+		if err := checkURL(peer, scheme, "PeerTLS"); err != nil {
 			return nil, fmt.Errorf("peer URL %q of %q: %w", peer, name, err)
 		}
 		members[name] = peer
@@ -271,7 +340,13 @@ func parseCluster(s string) (map[string]string, error) {
 
 // FreeLoopbackURL returns "http://127.0.0.1:<port>" for a port that was
 // free when it looked. Another process may take it before it is used.
-func FreeLoopbackURL() (string, error) {
+func FreeLoopbackURL() (string, error) { return freeLoopback("http") }
+
+// FreeLoopbackHTTPSURL is FreeLoopbackURL with the scheme https: a
+// ClientURL or PeerURL for a listener with TLS.
+func FreeLoopbackHTTPSURL() (string, error) { return freeLoopback("https") }
+
+func freeLoopback(scheme string) (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", fmt.Errorf("embedded etcd: pick a free loopback port: %w", err)
@@ -280,5 +355,46 @@ func FreeLoopbackURL() (string, error) {
 	if err := l.Close(); err != nil {
 		return "", fmt.Errorf("embedded etcd: pick a free loopback port: %w", err)
 	}
-	return "http://" + addr, nil
+	return scheme + "://" + addr, nil
+}
+
+// check returns what is wrong with t, without reading its files; field
+// names it in the messages. A nil t is fine.
+func (t *TLS) check(field string) []string {
+	if t == nil {
+		return nil
+	}
+	var errs []string
+	if t.CertFile == "" {
+		errs = append(errs, field+".CertFile is empty: set it to the PEM certificate the member presents")
+	}
+	if t.KeyFile == "" {
+		errs = append(errs, field+".KeyFile is empty: set it to the PEM private key of "+field+".CertFile")
+	}
+	if t.ClientCertAuth && t.TrustedCAFile == "" {
+		errs = append(errs, field+".ClientCertAuth is set but "+field+".TrustedCAFile is empty: set it to the CA bundle that verifies the certificates presented to the member")
+	}
+	return errs
+}
+
+// load reads t's files as etcd will, so that a missing or unreadable
+// file fails Start with an error naming the field, not deep inside etcd.
+func (t *TLS) load(field string) error {
+	if t == nil {
+		return nil
+	}
+	if _, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile); err != nil {
+		return fmt.Errorf("embedded etcd: %s.CertFile %q and %s.KeyFile %q: %w: give a PEM certificate and its private key",
+			field, t.CertFile, field, t.KeyFile, err)
+	}
+	if t.TrustedCAFile != "" {
+		pem, err := os.ReadFile(t.TrustedCAFile)
+		if err != nil {
+			return fmt.Errorf("embedded etcd: %s.TrustedCAFile: %w", field, err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			return fmt.Errorf("embedded etcd: %s.TrustedCAFile %q holds no PEM certificate", field, t.TrustedCAFile)
+		}
+	}
+	return nil
 }

@@ -20,15 +20,30 @@
 //     would wait up to its request timeout for each open watch), stops
 //     the member, handing leadership over first if it leads, and waits
 //     for its listeners, files and goroutines. It is idempotent.
+//   - With Config.ClientTLS, the member serves clients over TLS only, on
+//     an https ClientURL, and with ClientCertAuth only to clients whose
+//     certificate TrustedCAFile verifies; with Config.PeerTLS, the same
+//     for the traffic between members, whose URLs are then all https.
+//     Without them, URLs are plain http. The scheme must match: Validate
+//     says which field to set or which URL to change. An empty ClientURL
+//     or PeerURL picks a free loopback port with the right scheme
+//     (FreeLoopbackURL gives an http one, FreeLoopbackHTTPSURL an https
+//     one), and Endpoints returns the URL with it. Start reads the
+//     certificate files before it starts the member, and fails with an
+//     error naming the field of one it cannot use.
 //   - etcd's own warnings and errors go to Config.Logger through log/slog.
-//     Warnings that say nothing about a loopback member without auth, and
-//     the errors etcd logs about its own listeners while it stops, are
-//     written at Debug level instead.
+//     Warnings that say nothing about a member inside concord (gRPC and
+//     HTTP on one port; the simple tokens of etcd's auth), and the errors
+//     etcd logs about its own listeners while it stops, are written at
+//     Debug level instead.
 //
 // # Limits
 //
-//   - Client and peer URLs are plain http: no TLS, no authentication. The
-//     defaults listen on 127.0.0.1 only.
+//   - The defaults listen on 127.0.0.1 only, in plaintext. One member
+//     serves clients either over TLS or in plaintext, not both.
+//   - Config has no switch for etcd's authentication: a client turns it
+//     on through etcd's API (users, roles, AuthEnable), and it is kept in
+//     the data. etcd's simple tokens, which are not signed, are used.
 //   - After Close, a member of a multi-member cluster may keep its peer
 //     HTTP connections, and their goroutines, for up to about 10s: etcd's
 //     peer listener renews its read deadline on every read, which can

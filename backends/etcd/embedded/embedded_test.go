@@ -200,6 +200,12 @@ func TestValidate(t *testing.T) {
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("Validate of a minimal config: %v", err)
 	}
+	tls := &TLS{CertFile: "c.pem", KeyFile: "k.pem", TrustedCAFile: "ca.pem", ClientCertAuth: true}
+	secure := Config{DataDir: "/tmp/x", ClientURL: "https://127.0.0.1:2379", ClientTLS: tls,
+		PeerURL: "https://127.0.0.1:2380", PeerTLS: tls, InitialCluster: "concord=https://127.0.0.1:2380,b=https://127.0.0.1:2381"}
+	if err := secure.Validate(); err != nil {
+		t.Fatalf("Validate of a config with TLS: %v", err)
+	}
 	for _, tc := range []struct {
 		name string
 		cfg  Config
@@ -221,6 +227,15 @@ func TestValidate(t *testing.T) {
 		{"negative quota", Config{DataDir: "d", QuotaBackendBytes: -1}, "QuotaBackendBytes"},
 		{"negative timeout", Config{DataDir: "d", StartTimeout: -time.Second}, "StartTimeout"},
 		{"bad name", Config{DataDir: "d", Name: "a=b"}, "Name"},
+		{"https client URL without ClientTLS", Config{DataDir: "d", ClientURL: "https://127.0.0.1:2379"}, "needs ClientTLS, which is nil"},
+		{"http client URL with ClientTLS", Config{DataDir: "d", ClientURL: "http://127.0.0.1:2379", ClientTLS: &TLS{CertFile: "c.pem", KeyFile: "k.pem"}}, `"https://127.0.0.1:2379"`},
+		{"ClientTLS without cert", Config{DataDir: "d", ClientTLS: &TLS{KeyFile: "k.pem"}}, "ClientTLS.CertFile"},
+		{"ClientTLS without key", Config{DataDir: "d", ClientTLS: &TLS{CertFile: "c.pem"}}, "ClientTLS.KeyFile"},
+		{"ClientCertAuth without CA", Config{DataDir: "d", ClientTLS: &TLS{CertFile: "c.pem", KeyFile: "k.pem", ClientCertAuth: true}}, "ClientTLS.TrustedCAFile"},
+		{"PeerTLS with an http peer URL", Config{DataDir: "d", PeerURL: "http://127.0.0.1:2380", PeerTLS: &TLS{CertFile: "c.pem", KeyFile: "k.pem"}}, "PeerURL"},
+		{"PeerTLS with an http cluster", Config{DataDir: "d", InitialCluster: "concord=http://127.0.0.1:2380", PeerTLS: &TLS{CertFile: "c.pem", KeyFile: "k.pem"}}, "InitialCluster"},
+		{"PeerTLS without key", Config{DataDir: "d", PeerTLS: &TLS{CertFile: "c.pem"}}, "PeerTLS.KeyFile"},
+		{"same port, other scheme", Config{DataDir: "d", ClientURL: "https://127.0.0.1:2379", ClientTLS: &TLS{CertFile: "c.pem", KeyFile: "k.pem"}, PeerURL: "http://127.0.0.1:2379"}, "own port"},
 	} {
 		err := tc.cfg.Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
@@ -54,6 +55,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if err := checkDataDir(c.DataDir); err != nil {
+		return nil, err
+	}
+	if err := c.ClientTLS.load("ClientTLS"); err != nil {
+		return nil, err
+	}
+	if err := c.PeerTLS.load("PeerTLS"); err != nil {
 		return nil, err
 	}
 	s := &Server{
@@ -101,6 +108,8 @@ func (s *Server) etcdConfig() (*embed.Config, error) {
 	ec.AdvertiseClientUrls = []url.URL{*client}
 	ec.ListenPeerUrls = []url.URL{*peer}
 	ec.AdvertisePeerUrls = []url.URL{*peer}
+	ec.ClientTLSInfo = c.ClientTLS.info()
+	ec.PeerTLSInfo = c.PeerTLS.info()
 	ec.InitialCluster = c.InitialCluster
 	ec.ClusterState = c.ClusterState
 	ec.InitialClusterToken = c.ClusterToken
@@ -124,6 +133,19 @@ func (s *Server) etcdConfig() (*embed.Config, error) {
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zapslog.New(c.Logger, zapcore.WarnLevel, s.demote))
 	ec.ServiceRegister = s.addGRPC
 	return ec, nil
+}
+
+// info is etcd's form of t; the zero TLSInfo, plaintext, for a nil t.
+func (t *TLS) info() transport.TLSInfo {
+	if t == nil {
+		return transport.TLSInfo{}
+	}
+	return transport.TLSInfo{
+		CertFile:       t.CertFile,
+		KeyFile:        t.KeyFile,
+		TrustedCAFile:  t.TrustedCAFile,
+		ClientCertAuth: t.ClientCertAuth,
+	}
 }
 
 // addGRPC remembers each gRPC server etcd builds for clients, so that
@@ -214,8 +236,9 @@ func (s *Server) monitor() {
 }
 
 // expectedWarnings are etcd warnings that say nothing about a member
-// inside concord: its client port is on loopback and carries gRPC only,
-// and it runs without authentication.
+// inside concord: its client port carries gRPC only, and the package
+// documents that etcd's authentication, if a client enables it, uses
+// simple tokens (etcd warns about them at every start, auth or not).
 var expectedWarnings = map[string]bool{
 	"Running http and grpc server on single port. This is not recommended for production.": true,
 	"simple token is not cryptographically signed":                                         true,
