@@ -31,7 +31,21 @@
 //     it handled that renewal, so the client always gives up first.
 //   - Errors map onto core's in one function, convertError: an ended
 //     context is wrapped as such, an unreachable or leaderless cluster as
-//     core.ErrUnavailable.
+//     core.ErrUnavailable. etcd refusing the client (authentication
+//     failed, permission denied) wraps etcd's error (rpctypes.ErrAuthFailed,
+//     rpctypes.ErrPermissionDenied) and no core error; it is never retried:
+//     a call fails at once, a watch ends with it.
+//   - With Config.TLS the Store dials https:// endpoints with the CA and
+//     the client certificate given; New rejects files it cannot use,
+//     naming the field, and TLS with http:// endpoints. https:// endpoints
+//     without Config.TLS use TLS verified by the system's roots. A call
+//     that ends with its context while the TLS connections fail (a server
+//     certificate the CA does not verify, a client certificate the server
+//     refuses) says why in its error, as does New with Username.
+//   - With Username and Password, New authenticates at once (see below);
+//     clientv3 renews the token. Sessions need no permission beyond the
+//     keys they register: any user may grant and renew a lease, and
+//     revoking one needs write permission on its keys.
 //
 // # Deviations and limits
 //
@@ -65,4 +79,12 @@
 //     DialTimeout when no member answers.
 //   - Store.Close does not revoke its sessions' leases: they are lost and
 //     etcd expires them after their TTL. Session.Close revokes at once.
+//   - etcd checks a watch's permission only when the watch is made: a
+//     watch keeps receiving events after its user loses the permission,
+//     until it is made again (after a lost connection, say), when it
+//     ends with rpctypes.ErrPermissionDenied.
+//   - When a server refuses the client's certificate, TLS 1.3 tells the
+//     client only after its handshake; if the server closes the
+//     connection before the client reads its alert, the error says only
+//     that the server closed the connection right after the handshake.
 package etcd

@@ -3,9 +3,12 @@ package etcd
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -13,6 +16,8 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/concordha/concord/backends/etcd/internal/zapslog"
 	"github.com/concordha/concord/core"
@@ -61,9 +66,13 @@ type Config struct {
 	// means 5s. New never waits for the cluster otherwise: calls wait for
 	// it, each bounded by its own context.
 	DialTimeout time.Duration
-	// Username and Password authenticate to an etcd with auth enabled.
+	// Username and Password authenticate to an etcd with auth enabled;
+	// both or neither.
 	Username, Password string
-	// TLS secures the connection; nil means plaintext.
+	// TLS secures the connection to https:// endpoints, which it then
+	// requires. nil means plaintext to http:// endpoints, or TLS verified
+	// by the system's roots to https:// ones. All endpoints must have the
+	// same scheme.
 	TLS *TLSFiles
 	// KeepAliveInterval is how often a session renews its lease; 0 means
 	// a third of the session's TTL. A session's TTL must exceed twice
@@ -86,6 +95,7 @@ type Store struct {
 	cfg    Config
 	cfgErr error // an invalid Config given to NewFromClient
 	log    *slog.Logger
+	conns  *connErrors // why TLS connections fail; nil without TLS or from NewFromClient
 
 	// ctx is the parent of every watch's and session's own context; Close
 	// cancels it.
@@ -101,7 +111,11 @@ type Store struct {
 // New connects to the etcd cluster cfg names. It does not wait for the
 // cluster to be reachable, unless Username is set: then it authenticates
 // at once, as clientv3 does, and fails after at most DialTimeout with an
-// error wrapping core.ErrUnavailable if no member answers.
+// error wrapping core.ErrUnavailable if no member answers (saying why,
+// if the TLS connections fail), or at once with one wrapping
+// rpctypes.ErrAuthFailed if etcd refuses the credentials. A Config it
+// cannot use (TLS files it cannot load among others) fails with
+// core.ErrInvalidArgument and names the field.
 func New(cfg Config) (*Store, error) {
 	cfg, err := cfg.resolved()
 	if err != nil {
@@ -113,11 +127,24 @@ func New(cfg Config) (*Store, error) {
 	if (cfg.Username == "") != (cfg.Password == "") {
 		return nil, fmt.Errorf("etcd: set both Config.Username and Config.Password, or neither: %w", core.ErrInvalidArgument)
 	}
-	var tlsCfg *tls.Config
-	if cfg.TLS != nil {
-		if tlsCfg, err = cfg.TLS.config(); err != nil {
+	files, err := tlsFor(cfg.Endpoints, cfg.TLS)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		tlsCfg *tls.Config
+		conns  *connErrors
+		dial   []grpc.DialOption
+	)
+	if files != nil {
+		if tlsCfg, err = files.config(); err != nil {
 			return nil, err
 		}
+		// The same credentials clientv3 would make, watched so that a
+		// call that times out can say why no connection works. Options
+		// of DialOptions come last and so replace clientv3's.
+		conns = &connErrors{}
+		dial = []grpc.DialOption{grpc.WithTransportCredentials(recordingCreds{credentials.NewTLS(tlsCfg), conns})}
 	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:            cfg.Endpoints,
@@ -127,6 +154,7 @@ func New(cfg Config) (*Store, error) {
 		TLS:                  tlsCfg,
 		Username:             cfg.Username,
 		Password:             cfg.Password,
+		DialOptions:          dial,
 		// clientv3 warns on every failed attempt of a call; the Store
 		// returns those errors, so only its errors are worth a log line.
 		Logger: zapslog.New(cfg.Logger, zapcore.ErrorLevel, nil),
@@ -137,13 +165,18 @@ func New(cfg Config) (*Store, error) {
 		kind := classify(err)
 		if kind == nil && errors.Is(err, context.DeadlineExceeded) {
 			kind = core.ErrUnavailable
+			if cerr := conns.err(); cerr != nil {
+				err = fmt.Errorf("%w: %w", err, noConnection(cerr))
+			}
 		}
 		if kind != nil {
 			return nil, fmt.Errorf("etcd: connect to %v: %w (%w)", cfg.Endpoints, kind, err)
 		}
 		return nil, fmt.Errorf("etcd: connect to %v: %w", cfg.Endpoints, err)
 	}
-	return newStore(cli, cfg, true), nil
+	s := newStore(cli, cfg, true)
+	s.conns = conns
+	return s, nil
 }
 
 // NewFromClient builds a Store on a client the caller made and keeps:
@@ -199,9 +232,50 @@ func (c Config) resolved() (Config, error) {
 	return c, nil
 }
 
+// tlsFor returns the TLS files to dial endpoints with, nil for
+// plaintext. clientv3 dials every endpoint with the scheme of the first
+// and drops TLS for http://, so a mix of schemes, or TLS with http://
+// endpoints, would silently not be what the Config says.
+func tlsFor(endpoints []string, files *TLSFiles) (*TLSFiles, error) {
+	var plain, secure []string
+	for _, ep := range endpoints {
+		switch scheme, _, _ := strings.Cut(ep, "://"); scheme {
+		case "http":
+			plain = append(plain, ep)
+		case "https", "unixs":
+			secure = append(secure, ep)
+		}
+	}
+	switch {
+	case len(plain) > 0 && len(secure) > 0:
+		return nil, fmt.Errorf("etcd: Config.Endpoints mixes plaintext %v and TLS %v: give them all the same scheme: %w", plain, secure, core.ErrInvalidArgument)
+	case files != nil && len(plain) > 0:
+		return nil, fmt.Errorf("etcd: Config.TLS is set but Config.Endpoints %v are plaintext: use https:// endpoints, or leave TLS nil: %w", plain, core.ErrInvalidArgument)
+	case files == nil && len(secure) > 0:
+		return &TLSFiles{}, nil
+	}
+	return files, nil
+}
+
 func (f *TLSFiles) config() (*tls.Config, error) {
 	if (f.CertFile == "") != (f.KeyFile == "") {
-		return nil, fmt.Errorf("etcd: TLS: set both CertFile and KeyFile, or neither: %w", core.ErrInvalidArgument)
+		return nil, fmt.Errorf("etcd: Config.TLS: set both CertFile and KeyFile, or neither (CertFile %q, KeyFile %q): %w", f.CertFile, f.KeyFile, core.ErrInvalidArgument)
+	}
+	// transport.TLSInfo reports a file it cannot read or parse without
+	// saying which field named it: check them here first.
+	if f.CAFile != "" {
+		pem, err := os.ReadFile(f.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("etcd: Config.TLS.CAFile: %w: %w", err, core.ErrInvalidArgument)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("etcd: Config.TLS.CAFile %q holds no PEM certificate: %w", f.CAFile, core.ErrInvalidArgument)
+		}
+	}
+	if f.CertFile != "" {
+		if _, err := tls.LoadX509KeyPair(f.CertFile, f.KeyFile); err != nil {
+			return nil, fmt.Errorf("etcd: Config.TLS.CertFile %q and KeyFile %q: %w: %w", f.CertFile, f.KeyFile, err, core.ErrInvalidArgument)
+		}
 	}
 	info := transport.TLSInfo{
 		CertFile:           f.CertFile,
@@ -212,7 +286,7 @@ func (f *TLSFiles) config() (*tls.Config, error) {
 	}
 	cfg, err := info.ClientConfig()
 	if err != nil {
-		return nil, fmt.Errorf("etcd: TLS: %w: %w", err, core.ErrInvalidArgument)
+		return nil, fmt.Errorf("etcd: Config.TLS: %w: %w", err, core.ErrInvalidArgument)
 	}
 	return cfg, nil
 }

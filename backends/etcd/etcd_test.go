@@ -52,6 +52,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"tiny max txn ops", Config{Endpoints: []string{"http://127.0.0.1:1"}, MaxTxnOps: 8}},
 		{"cert without key", Config{Endpoints: []string{"https://127.0.0.1:1"}, TLS: &TLSFiles{CertFile: "c.pem"}}},
 		{"missing CA file", Config{Endpoints: []string{"https://127.0.0.1:1"}, TLS: &TLSFiles{CAFile: "/no/such/ca.pem"}}},
+		// More TLS cases, and the fields the errors name: TestTLSConfigErrors.
 	} {
 		st, err := New(tc.cfg)
 		if !errors.Is(err, core.ErrInvalidArgument) {
@@ -151,10 +152,43 @@ func TestConvertError(t *testing.T) {
 		{rpctypes.ErrGRPCRequestTooLarge, core.ErrInvalidArgument},
 		{rpctypes.ErrGRPCLeaseNotFound, core.ErrNotFound},
 		{rpctypes.ErrGRPCPermissionDenied, rpctypes.ErrPermissionDenied},
+		{rpctypes.ErrGRPCAuthFailed, rpctypes.ErrAuthFailed},
+		{rpctypes.ErrGRPCUserEmpty, rpctypes.ErrUserEmpty},
+		// A watch's cancel reason: the status as text (see etcdError).
+		{errors.New(rpctypes.ErrGRPCPermissionDenied.Error()), rpctypes.ErrPermissionDenied},
+		{errors.New(rpctypes.ErrGRPCNoLeader.Error()), core.ErrUnavailable},
 	} {
 		got := s.convertError(live, "op", "k", tc.err)
 		if !errors.Is(got, tc.want) {
 			t.Errorf("convertError(%v) = %v, want one wrapping %v", tc.err, got, tc.want)
+		}
+	}
+	// etcd refusing the client is no core error, though etcd gives most
+	// of those errors gRPC's InvalidArgument code; and retrying cannot
+	// help.
+	for _, err := range []error{
+		rpctypes.ErrGRPCAuthFailed,
+		rpctypes.ErrGRPCUserEmpty,
+		rpctypes.ErrGRPCAuthOldRevision,
+		rpctypes.ErrGRPCPermissionDenied,
+		errors.New(rpctypes.ErrGRPCPermissionDenied.Error()),
+		errors.New(rpctypes.ErrGRPCUserEmpty.Error()),
+	} {
+		got := s.convertError(live, "op", "k", err)
+		if errors.Is(got, core.ErrInvalidArgument) || errors.Is(got, core.ErrUnavailable) {
+			t.Errorf("convertError(%v) = %v, want no core error", err, got)
+		}
+		if !isPermanent(etcdError(err)) {
+			t.Errorf("isPermanent(etcdError(%v)) = false, want true", err)
+		}
+	}
+	for _, err := range []error{
+		errors.New("rpc error: code = Unknown desc = something etcd does not say"),
+		errors.New("rpc error: code = PermissionDenied"),
+		status.Error(codes.PermissionDenied, "not etcd's"),
+	} {
+		if got := etcdError(err); got != err {
+			t.Errorf("etcdError(%v) = %v, want it unchanged", err, got)
 		}
 	}
 	ended, cancel := context.WithCancel(live)

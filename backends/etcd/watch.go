@@ -137,7 +137,7 @@ func (w *watcher) follow(ctx context.Context, retry *time.Duration) error {
 	wch := w.s.cli.Watch(wctx, w.prefix, clientv3.WithPrefix(), clientv3.WithRev(w.next))
 	for resp := range wch {
 		if err := resp.Err(); err != nil {
-			return err
+			return etcdError(err)
 		}
 		if len(resp.Events) == 0 {
 			continue // progress notification, or the watch's creation
