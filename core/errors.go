@@ -26,6 +26,10 @@ var (
 	ErrInvalidArgument = errors.New("concord: invalid argument")
 	// ErrClosed: the client or node has been closed.
 	ErrClosed = errors.New("concord: closed")
+	// ErrDenied: the store refused this client: authentication failed, or
+	// it lacks permission for the key. Retrying cannot help until the
+	// client's credentials or the store's users and roles change.
+	ErrDenied = errors.New("concord: denied by the store")
 )
 
 // Errors of the election and the Node API.

@@ -56,7 +56,9 @@ type Snapshot struct {
 //
 // Any error not named in a method's doc is a transport or server error:
 // the caller may retry. Backends wrap such errors with ErrUnavailable when
-// they know the store could not be reached.
+// they know the store could not be reached, and wrap ErrDenied when the
+// store refuses the client's credentials or permissions, which no retry
+// mends.
 type Store interface {
 	// Get returns the current value of key.
 	// Errors: ErrNotFound if the key does not exist.

@@ -153,8 +153,8 @@ func TestAuthWrongPassword(t *testing.T) {
 			_ = st.Close()
 			t.Fatalf("New as %q with a wrong password succeeded", tc.user)
 		}
-		if !errors.Is(err, rpctypes.ErrAuthFailed) || !strings.Contains(err.Error(), "authentication failed") {
-			t.Errorf("New as %q with a wrong password: %v, want rpctypes.ErrAuthFailed saying authentication failed", tc.user, err)
+		if !errors.Is(err, rpctypes.ErrAuthFailed) || !errors.Is(err, core.ErrDenied) || !strings.Contains(err.Error(), "authentication failed") {
+			t.Errorf("New as %q with a wrong password: %v, want rpctypes.ErrAuthFailed and core.ErrDenied saying authentication failed", tc.user, err)
 		}
 		if errors.Is(err, core.ErrInvalidArgument) || errors.Is(err, core.ErrUnavailable) {
 			t.Errorf("New as %q with a wrong password: %v, want neither ErrInvalidArgument nor ErrUnavailable", tc.user, err)
@@ -170,8 +170,8 @@ func TestAuthWrongPassword(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, err := anon.Get(ctx, authPrefix+"k")
-	if !errors.Is(err, rpctypes.ErrUserEmpty) || errors.Is(err, core.ErrInvalidArgument) {
-		t.Errorf("Get without credentials: %v, want rpctypes.ErrUserEmpty and no core error", err)
+	if !errors.Is(err, rpctypes.ErrUserEmpty) || !errors.Is(err, core.ErrDenied) || errors.Is(err, core.ErrInvalidArgument) {
+		t.Errorf("Get without credentials: %v, want rpctypes.ErrUserEmpty and core.ErrDenied", err)
 	}
 	if ctx.Err() != nil {
 		t.Errorf("Get without credentials returned only when its context ended: %v", err)
@@ -222,11 +222,11 @@ func TestAuthPermissionDenied(t *testing.T) {
 	} {
 		start := time.Now()
 		err := tc.call()
-		if !errors.Is(err, rpctypes.ErrPermissionDenied) {
-			t.Errorf("%s outside the granted prefix: %v, want rpctypes.ErrPermissionDenied", tc.name, err)
+		if !errors.Is(err, rpctypes.ErrPermissionDenied) || !errors.Is(err, core.ErrDenied) {
+			t.Errorf("%s outside the granted prefix: %v, want rpctypes.ErrPermissionDenied and core.ErrDenied", tc.name, err)
 		}
 		if errors.Is(err, core.ErrUnavailable) || errors.Is(err, core.ErrInvalidArgument) {
-			t.Errorf("%s outside the granted prefix: %v, want no core error", tc.name, err)
+			t.Errorf("%s outside the granted prefix: %v, want neither ErrUnavailable nor ErrInvalidArgument", tc.name, err)
 		}
 		if d := time.Since(start); d > 5*time.Second || ctx.Err() != nil {
 			t.Errorf("%s outside the granted prefix took %v (context: %v), want it refused at once", tc.name, d, ctx.Err())

@@ -33,7 +33,7 @@
 //     context is wrapped as such, an unreachable or leaderless cluster as
 //     core.ErrUnavailable. etcd refusing the client (authentication
 //     failed, permission denied) wraps etcd's error (rpctypes.ErrAuthFailed,
-//     rpctypes.ErrPermissionDenied) and no core error; it is never retried:
+//     rpctypes.ErrPermissionDenied) and core.ErrDenied; it is never retried:
 //     a call fails at once, a watch ends with it.
 //   - With Config.TLS the Store dials https:// endpoints with the CA and
 //     the client certificate given; New rejects files it cannot use,

@@ -29,10 +29,10 @@ import (
 //   - a lease etcd does not know wraps core.ErrNotFound (sessions turn it
 //     into core.ErrSessionLost);
 //   - etcd refusing this client (authentication failed, permission
-//     denied) is returned wrapped as it is, rpctypes.ErrAuthFailed or
-//     rpctypes.ErrPermissionDenied in the chain, and wraps no core error
-//     (though most such errors carry gRPC's InvalidArgument code): the
-//     request is well formed and retrying it cannot help;
+//     denied) wraps core.ErrDenied, with rpctypes.ErrAuthFailed or
+//     rpctypes.ErrPermissionDenied in the chain as well (though most such
+//     errors carry gRPC's InvalidArgument code, the request is well
+//     formed): retrying it cannot help;
 //   - anything else is returned wrapped as it is.
 //
 // When ctx has ended and the TLS connections to some members fail (a
@@ -111,7 +111,7 @@ func classify(err error) error {
 	case isRefusal(err):
 		// Most of these carry gRPC's InvalidArgument code, but the
 		// request is fine: etcd refuses this client.
-		return nil
+		return core.ErrDenied
 	case errors.Is(err, rpctypes.ErrLeaseNotFound):
 		return core.ErrNotFound
 	case errors.Is(err, rpctypes.ErrEmptyKey),

@@ -163,9 +163,8 @@ func TestConvertError(t *testing.T) {
 			t.Errorf("convertError(%v) = %v, want one wrapping %v", tc.err, got, tc.want)
 		}
 	}
-	// etcd refusing the client is no core error, though etcd gives most
-	// of those errors gRPC's InvalidArgument code; and retrying cannot
-	// help.
+	// etcd refusing the client is ErrDenied, though etcd gives most of
+	// those errors gRPC's InvalidArgument code; and retrying cannot help.
 	for _, err := range []error{
 		rpctypes.ErrGRPCAuthFailed,
 		rpctypes.ErrGRPCUserEmpty,
@@ -175,8 +174,8 @@ func TestConvertError(t *testing.T) {
 		errors.New(rpctypes.ErrGRPCUserEmpty.Error()),
 	} {
 		got := s.convertError(live, "op", "k", err)
-		if errors.Is(got, core.ErrInvalidArgument) || errors.Is(got, core.ErrUnavailable) {
-			t.Errorf("convertError(%v) = %v, want no core error", err, got)
+		if !errors.Is(got, core.ErrDenied) || errors.Is(got, core.ErrInvalidArgument) || errors.Is(got, core.ErrUnavailable) {
+			t.Errorf("convertError(%v) = %v, want ErrDenied alone of core's errors", err, got)
 		}
 		if !isPermanent(etcdError(err)) {
 			t.Errorf("isPermanent(etcdError(%v)) = false, want true", err)
