@@ -132,8 +132,8 @@ func runNode(ctx context.Context, f *config.File, log *slog.Logger, sigs <-chan 
 			log.Warn("closing the store", "err", err)
 		}
 	}()
-	if !waitReachable(octx, st.store, cfg, log) {
-		return nil
+	if ok, err := waitReachable(octx, st.store, cfg, log); !ok {
+		return err
 	}
 	cancel()
 
@@ -192,8 +192,10 @@ func logEvents(n *core.Node, log *slog.Logger) {
 }
 
 // waitReachable lists the cluster's prefix until the store answers,
-// logging each failure and backing off. It returns false if ctx ends.
-func waitReachable(ctx context.Context, st core.Store, cfg core.Config, log *slog.Logger) bool {
+// logging each failure and backing off. It returns false if ctx ends, or
+// with an error if the store refuses this node's credentials or
+// permissions, which no retry mends.
+func waitReachable(ctx context.Context, st core.Store, cfg core.Config, log *slog.Logger) (bool, error) {
 	delay := cfg.RetryMin
 	for attempt := 1; ; attempt++ {
 		rctx, cancel := context.WithTimeout(ctx, cfg.OpTimeout)
@@ -203,15 +205,18 @@ func waitReachable(ctx context.Context, st core.Store, cfg core.Config, log *slo
 			if attempt > 1 {
 				log.Info("store reachable", "after_attempts", attempt)
 			}
-			return true
+			return true, nil
 		}
 		if ctx.Err() != nil {
-			return false
+			return false, nil
+		}
+		if errors.Is(err, core.ErrDenied) {
+			return false, fmt.Errorf("the store refuses this node: check store.auth and the store's users and roles (the node needs read and write access under %q): %w", cfg.Prefix, err)
 		}
 		log.Warn("store unreachable; retrying", "attempt", attempt, "retry_in", delay, "err", err)
 		select {
 		case <-ctx.Done():
-			return false
+			return false, nil
 		case <-time.After(delay):
 		}
 		delay = min(2*delay, cfg.RetryMax)

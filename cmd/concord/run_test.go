@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
 	"github.com/concordha/concord/backends/etcd"
 	"github.com/concordha/concord/backends/etcd/embedded"
 	"github.com/concordha/concord/backends/storetest"
@@ -518,6 +521,52 @@ func TestOpenStoreKeepsCapabilities(t *testing.T) {
 		}
 		if err := st.Close(); err != nil {
 			t.Errorf("%s: Close: %v", f.Store.Type, err)
+		}
+	}
+}
+
+// TestRunRefusedByTheStore: a node whose credentials etcd refuses, or
+// whose user may not touch the cluster's prefix, stops with an error that
+// says what to check, instead of retrying for ever.
+func TestRunRefusedByTheStore(t *testing.T) {
+	srv := startEtcd(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	admin, err := clientv3.New(clientv3.Config{Endpoints: srv.Endpoints(), Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	for i, step := range []func() error{
+		func() error { _, err := admin.RoleAdd(ctx, "root"); return err },
+		func() error { _, err := admin.UserAdd(ctx, "root", "root-secret"); return err },
+		func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := admin.UserAdd(ctx, "concord", "secret"); return err }, // no role: no access
+		func() error { _, err := admin.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatalf("auth setup, step %d: %v", i, err)
+		}
+	}
+	for _, c := range []struct{ password, want string }{
+		{"wrong", "authentication failed"},
+		{"secret", "check store.auth"},
+	} {
+		body := strings.Replace(etcdConfig("a", srv.Endpoints(), 2*time.Second, oneService), "  retry_max: 200ms\n", "  retry_max: 200ms\n  auth: {username: concord, password: "+c.password+"}\n", 1)
+		f, err := config.LoadEnv(writeConfig(t, body), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs := &syncBuffer{}
+		done := make(chan error, 1)
+		go func() { done <- runNode(ctx, f, slog.New(slog.NewTextHandler(logs, nil)), make(chan os.Signal)) }()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), c.want) || !errors.Is(err, core.ErrDenied) {
+				t.Errorf("password %q: runNode returned %v, want core.ErrDenied saying %q", c.password, err, c.want)
+			}
+		case <-ctx.Done():
+			t.Fatalf("password %q: runNode still retrying a refusal:\n%s", c.password, logs)
 		}
 	}
 }
