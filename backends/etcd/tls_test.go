@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/concordha/concord/backends/etcd/embedded"
-	"github.com/concordha/concord/backends/etcd/internal/testpki"
 	"github.com/concordha/concord/backends/storetest"
 	"github.com/concordha/concord/core"
+	"github.com/concordha/concord/internal/testpki"
 )
 
 // startTLSServer starts a one-member etcd that serves clients over TLS

@@ -15,7 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/concordha/concord/backends/etcd/internal/testpki"
+	"github.com/concordha/concord/internal/testpki"
 )
 
 // serverTLS is the member side of pki, requiring client certificates.

@@ -1,6 +1,7 @@
-// Package testpki generates a throwaway PKI for tests: a CA, a server
-// certificate for the loopback addresses and localhost, and a client
-// certificate, as PEM files in a directory.
+// Package testpki generates a throwaway PKI for tests: a CA, server
+// certificates for the loopback addresses and localhost, and a client
+// certificate, as PEM files in a directory. It is used by the tests of
+// backends/etcd, backends/etcd/embedded, internal/config and cmd/concord.
 package testpki
 
 import (
@@ -26,12 +27,16 @@ type PKI struct {
 	// both server and client authentication (a member presents it to its
 	// peers too).
 	ServerCert, ServerKey string
+	// ServerOnlyCert and ServerOnlyKey name the same hosts, for server
+	// authentication only: a member certificate that cannot serve as a
+	// client certificate.
+	ServerOnlyCert, ServerOnlyKey string
 	// ClientCert and ClientKey are a client's, with common name "client".
 	ClientCert, ClientKey string
 }
 
-// New generates a fresh CA, named after dir, with a server and a client
-// certificate, under dir.
+// New generates a fresh CA, named after dir, with the server and client
+// certificates of PKI, under dir.
 func New(t testing.TB, dir string) PKI {
 	t.Helper()
 	ca := newCA(t, "concord test CA "+filepath.Base(dir))
@@ -42,6 +47,12 @@ func New(t testing.TB, dir string) PKI {
 		DNSNames:    []string{"localhost"},
 		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	})
+	p.ServerOnlyCert, p.ServerOnlyKey = ca.issue(t, dir, "server-only", &x509.Certificate{
+		Subject:     pkix.Name{CommonName: "localhost"},
+		DNSNames:    []string{"localhost"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	})
 	p.ClientCert, p.ClientKey = ca.issue(t, dir, "client", &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "client"},
