@@ -165,10 +165,10 @@ type Embedded struct {
 	// Name is the member name in InitialCluster. Default node.id.
 	Name string `mapstructure:"name"`
 	// ClientURL is where concord (and etcdctl) reach the server. Default
-	// http://127.0.0.1:2379.
+	// http://127.0.0.1:2379, or https with ClientTLS.
 	ClientURL string `mapstructure:"client_url"`
 	// PeerURL is where the other members reach this one. Default
-	// http://127.0.0.1:2380.
+	// http://127.0.0.1:2380, or https with PeerTLS.
 	PeerURL string `mapstructure:"peer_url"`
 	// InitialCluster lists the members as "name=peer_url,..." and must
 	// contain this member's Name=PeerURL. Default: this member alone.
@@ -179,6 +179,82 @@ type Embedded struct {
 	// ClusterToken keeps members of different clusters from joining each
 	// other. Default "concord".
 	ClusterToken string `mapstructure:"cluster_token"`
+	// ClientTLS, once any of its keys is set, serves clients (this node's
+	// own client included) over TLS only: ClientURL must then be https,
+	// and defaults to https://127.0.0.1:2379.
+	ClientTLS EmbeddedClientTLS `mapstructure:"client_tls"`
+	// PeerTLS, once any of its keys is set, secures the traffic between
+	// members: PeerURL and every URL of InitialCluster must then be
+	// https, and every member needs it. PeerURL defaults to
+	// https://127.0.0.1:2380.
+	PeerTLS EmbeddedTLS `mapstructure:"peer_tls"`
+}
+
+// EmbeddedTLS is the certificate setup of one listener of the embedded
+// etcd member: store.embedded.peer_tls, and the first four keys of
+// store.embedded.client_tls. The files are PEM; relative paths start at
+// the working directory. Load checks that they exist and hold what the
+// member and its clients need.
+type EmbeddedTLS struct {
+	// CertFile and KeyFile are the member's certificate and its key; both
+	// are required. The certificate must name the host of the URL it
+	// serves (an IP SAN of 127.0.0.1 for the loopback defaults). For
+	// peers the member also presents it when it dials the others.
+	CertFile string `mapstructure:"cert_file"`
+	KeyFile  string `mapstructure:"key_file"`
+	// CAFile is the CA bundle that verifies the certificates presented to
+	// the member (required with ClientCertAuth) and, for peers, the other
+	// members' certificates, and, for clients, the member's certificate to
+	// this node's own client. Empty means the system's roots.
+	CAFile string `mapstructure:"ca_file"`
+	// ClientCertAuth refuses every connection whose client (or peer) does
+	// not present a certificate that CAFile verifies. For peers, the
+	// certificate must then allow client authentication as well as server
+	// authentication (extended key usages clientAuth and serverAuth).
+	ClientCertAuth bool `mapstructure:"client_cert_auth"`
+}
+
+// Enabled reports whether any key is set, which turns TLS on.
+func (t EmbeddedTLS) Enabled() bool { return t != EmbeddedTLS{} }
+
+// EmbeddedClientTLS is store.embedded.client_tls: the member's client
+// listener (the keys of EmbeddedTLS), and the certificate this node's own
+// client presents to it when ClientCertAuth is on.
+type EmbeddedClientTLS struct {
+	CertFile       string `mapstructure:"cert_file"`
+	KeyFile        string `mapstructure:"key_file"`
+	CAFile         string `mapstructure:"ca_file"`
+	ClientCertAuth bool   `mapstructure:"client_cert_auth"`
+	// ClientCertFile and ClientKeyFile are the certificate and key this
+	// node's own client presents to the member with ClientCertAuth: both
+	// or neither, and only with ClientCertAuth. Without them the client
+	// presents CertFile and KeyFile, which must then allow client
+	// authentication (see NodeClientCert).
+	ClientCertFile string `mapstructure:"client_cert_file"`
+	ClientKeyFile  string `mapstructure:"client_key_file"`
+}
+
+// Enabled reports whether any key is set, which turns TLS on.
+func (t EmbeddedClientTLS) Enabled() bool { return t != EmbeddedClientTLS{} }
+
+// Listener returns the member's side of t: its certificate, CA and
+// ClientCertAuth.
+func (t EmbeddedClientTLS) Listener() EmbeddedTLS {
+	return EmbeddedTLS{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CAFile, ClientCertAuth: t.ClientCertAuth}
+}
+
+// NodeClientCert returns the certificate and key that this node's own
+// client presents to its embedded member: none without ClientCertAuth
+// (the member asks for none), ClientCertFile and ClientKeyFile when set,
+// else the member's own CertFile and KeyFile. Nothing is generated.
+func (t EmbeddedClientTLS) NodeClientCert() (certFile, keyFile string) {
+	switch {
+	case !t.ClientCertAuth:
+		return "", ""
+	case t.ClientCertFile != "" || t.ClientKeyFile != "":
+		return t.ClientCertFile, t.ClientKeyFile
+	}
+	return t.CertFile, t.KeyFile
 }
 
 // Service is one service this node provides.
@@ -228,8 +304,8 @@ func Defaults() File {
 // Embedded defaults, filled by Load when store.type is embedded.
 const (
 	DefaultDataDir      = "concord-data"
-	DefaultClientURL    = "http://127.0.0.1:2379"
-	DefaultPeerURL      = "http://127.0.0.1:2380"
+	DefaultClientURL    = "http://127.0.0.1:2379" // https with store.embedded.client_tls
+	DefaultPeerURL      = "http://127.0.0.1:2380" // https with store.embedded.peer_tls
 	DefaultClusterState = "new"
 	DefaultClusterToken = "concord"
 )

@@ -135,8 +135,13 @@ func TestSecretValues(t *testing.T) {
 }
 
 // TestExamples loads every file in configs/: each must be valid, draw no
-// warnings, and be free of absolute paths.
+// warnings but those expected, and be free of absolute paths.
 func TestExamples(t *testing.T) {
+	// The embedded cluster shows peer_tls commented out: its files cannot
+	// exist here. Without it, the plaintext peer traffic draws a warning.
+	expected := map[string]string{
+		"embedded-cluster.yaml": "store.embedded.peer_url: http://10.0.0.1:2380 is not https, so the traffic between the members of store.embedded.initial_cluster is unencrypted and unauthenticated",
+	}
 	files, err := filepath.Glob("../../configs/*.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -156,7 +161,12 @@ func TestExamples(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if w := f.Warnings(); len(w) > 0 {
+			w := f.Warnings()
+			if want, ok := expected[filepath.Base(p)]; ok {
+				if len(w) != 1 || !strings.Contains(w[0], want) {
+					t.Errorf("warnings: %q; want only one containing %q", w, want)
+				}
+			} else if len(w) > 0 {
 				t.Errorf("warnings: %q", w)
 			}
 			raw, err := os.ReadFile(p)

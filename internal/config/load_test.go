@@ -320,7 +320,7 @@ func TestLoadBadInput(t *testing.T) {
 		{name: "existing cluster alone", content: valid("  embedded:\n    cluster_state: existing\n"),
 			want: []string{"FILE:5: store.embedded.cluster_state: is existing, which joins a running cluster, but store.embedded.initial_cluster lists no other member"}},
 		{name: "embedded https", content: valid("  embedded:\n    client_url: https://127.0.0.1:2379\n"),
-			want: []string{`FILE:5: store.embedded.client_url: "https://127.0.0.1:2379" uses https, but the embedded store has no TLS settings`}},
+			want: []string{`FILE:5: store.embedded.client_url: "https://127.0.0.1:2379" uses https, but store.embedded.client_tls is not set; set store.embedded.client_tls (cert_file and key_file at least) to serve TLS, or write http://`}},
 		{name: "embedded same urls", content: valid("  embedded:\n    client_url: http://127.0.0.1:2380\n"),
 			want: []string{"store.embedded.peer_url: is the same as store.embedded.client_url"}},
 		{name: "embedded url without port", content: valid("  embedded:\n    peer_url: http://10.0.0.1\n"),

@@ -103,6 +103,9 @@ func (c *checker) store() {
 	case StoreEtcd, StoreConsul, StoreZooKeeper:
 		c.endpoints(s.Type, s.Endpoints)
 		c.tls(s.TLS)
+		if s.Type == StoreEtcd {
+			c.etcdSchemes(s.Endpoints, s.TLS)
+		}
 		if s.Type == StoreConsul && s.SessionTTL > 0 && s.SessionTTL < consulMinTTL {
 			c.add("store.session_ttl", "%v is below %v, the shortest session TTL Consul accepts; raise it to %v or more", s.SessionTTL, consulMinTTL, consulMinTTL)
 		}
@@ -183,6 +186,33 @@ func endpointProblem(typ, ep string) string {
 	return ""
 }
 
+// etcdSchemes checks the endpoints' schemes against store.tls: etcd's
+// client dials every endpoint the same way, in plaintext for http:// and
+// with TLS for https://, so a mix, or store.tls with http://, would not do
+// what the file says. host:port takes whatever store.tls says. https://
+// without store.tls verifies the servers with the system's roots.
+func (c *checker) etcdSchemes(eps []string, t TLS) {
+	var plain, secure []string
+	for i, ep := range eps {
+		scheme, _, _ := strings.Cut(ep, "://")
+		item := fmt.Sprintf("store.endpoints[%d] is %s", i, ep)
+		switch scheme {
+		case "http":
+			plain = append(plain, item)
+		case "https":
+			secure = append(secure, item)
+		}
+	}
+	switch {
+	case len(plain) > 0 && len(secure) > 0:
+		c.add("store.endpoints", "mixes http:// (%s) and https:// (%s), but etcd's client dials every endpoint with the same scheme; write them all https:// (TLS, set up by store.tls), or all http:// (plaintext)",
+			strings.Join(plain, ", "), strings.Join(secure, ", "))
+	case len(plain) > 0 && t.Enabled():
+		c.add("store.tls", "is set, but %s: http:// is plaintext, so the TLS settings would not be used; write the endpoints as https:// (or host:port), or remove store.tls",
+			strings.Join(plain, ", "))
+	}
+}
+
 func (c *checker) tls(t TLS) {
 	c.readable("store.tls.ca_file", t.CAFile)
 	c.readable("store.tls.cert_file", t.CertFile)
@@ -221,14 +251,17 @@ func (c *checker) auth(typ string, a Auth) {
 }
 
 // readable checks that a file named in the config can be opened, when
-// the key is set.
-func (c *checker) readable(field, path string) {
+// the key is set. It reports whether the key is set and the file can be
+// opened.
+func (c *checker) readable(field, path string) bool {
 	if path == "" {
-		return
+		return false
 	}
 	if why := unreadable(path); why != "" {
 		c.add(field, "%q %s; give the path of a readable file (relative paths start at the working directory)", path, why)
+		return false
 	}
+	return true
 }
 
 func unreadable(path string) string {
@@ -252,8 +285,8 @@ func unreadable(path string) string {
 func (e Embedded) withDefaults(nodeID string) Embedded {
 	setIfEmpty(&e.DataDir, DefaultDataDir)
 	setIfEmpty(&e.Name, nodeID)
-	setIfEmpty(&e.ClientURL, DefaultClientURL)
-	setIfEmpty(&e.PeerURL, DefaultPeerURL)
+	setIfEmpty(&e.ClientURL, withScheme(DefaultClientURL, schemeFor(e.ClientTLS.Enabled())))
+	setIfEmpty(&e.PeerURL, withScheme(DefaultPeerURL, schemeFor(e.PeerTLS.Enabled())))
 	setIfEmpty(&e.ClusterState, DefaultClusterState)
 	setIfEmpty(&e.ClusterToken, DefaultClusterToken)
 	if e.InitialCluster == "" && e.Name != "" {
@@ -262,12 +295,27 @@ func (e Embedded) withDefaults(nodeID string) Embedded {
 	return e
 }
 
+// schemeFor is the URL scheme of a listener of the embedded member.
+func schemeFor(tls bool) string {
+	if tls {
+		return "https"
+	}
+	return "http"
+}
+
+// withScheme returns the URL u with the scheme scheme.
+func withScheme(u, scheme string) string {
+	_, rest, _ := strings.Cut(u, "://")
+	return scheme + "://" + rest
+}
+
 func (c *checker) embedded(e Embedded) {
 	if e.Name != c.f.Node.ID { // the default (node.id) is checked as node.id
 		c.name("store.embedded.name", e.Name, "node-a")
 	}
-	clientOK := c.memberURL("store.embedded.client_url", e.ClientURL, DefaultClientURL)
-	peerOK := c.memberURL("store.embedded.peer_url", e.PeerURL, DefaultPeerURL)
+	clientOK := c.memberURL("store.embedded.client_url", e.ClientURL, DefaultClientURL, clientTLSKey, e.ClientTLS.Enabled())
+	peerOK := c.memberURL("store.embedded.peer_url", e.PeerURL, DefaultPeerURL, peerTLSKey, e.PeerTLS.Enabled())
+	c.embeddedTLS(e, clientOK)
 	if clientOK && peerOK && e.ClientURL == e.PeerURL {
 		c.add("store.embedded.peer_url", "is the same as store.embedded.client_url; give peers their own port, e.g. 2380 next to 2379")
 	}
@@ -278,7 +326,11 @@ func (c *checker) embedded(e Embedded) {
 	if e.InitialCluster == "" {
 		return // only without a name, which is reported as node.id
 	}
-	members, ok := c.initialCluster(e.InitialCluster)
+	reported := "" // this member's entry, if its URL is reported as peer_url
+	if !peerOK {
+		reported = e.Name + "=" + e.PeerURL
+	}
+	members, ok := c.initialCluster(e.InitialCluster, e.PeerTLS.Enabled(), reported)
 	if ok && e.Name != "" && peerOK {
 		self := e.Name + "=" + e.PeerURL
 		switch url, found := members[e.Name]; {
@@ -290,36 +342,55 @@ func (c *checker) embedded(e Embedded) {
 	}
 }
 
-// memberURL checks a URL the embedded server listens on and advertises.
-func (c *checker) memberURL(field, raw, example string) bool {
-	if msg := memberURLProblem(raw); msg != "" {
-		c.add(field, "%q %s; write e.g. %s", raw, msg, example)
+// The keys that set up TLS for the embedded member's listeners.
+const (
+	clientTLSKey = "store.embedded.client_tls"
+	peerTLSKey   = "store.embedded.peer_tls"
+)
+
+// memberURL checks a URL the embedded server listens on and advertises:
+// https if the listener's TLS key (tlsKey) is set, else http.
+func (c *checker) memberURL(field, raw, example, tlsKey string, tls bool) bool {
+	scheme := schemeFor(tls)
+	if msg, fix := memberURLProblem(raw, scheme, tlsKey); msg != "" {
+		if fix == "" {
+			fix = "write e.g. " + withScheme(example, scheme)
+		}
+		c.add(field, "%q %s; %s", raw, msg, fix)
 		return false
 	}
 	return true
 }
 
-func memberURLProblem(raw string) string {
+// memberURLProblem returns what is wrong with the URL raw of a listener
+// that must use scheme, whose TLS is set up by tlsKey, and a fix if the
+// usual one (an example URL) does not fit; "" if nothing is wrong.
+func memberURLProblem(raw, scheme, tlsKey string) (problem, fix string) {
 	u, err := url.Parse(raw)
 	switch {
 	case err != nil || u.Host == "":
-		return "is not a URL such as http://host:port"
-	case u.Scheme == "https":
-		return "uses https, but the embedded store has no TLS settings; use http:// on a trusted network"
-	case u.Scheme != "http":
-		return "does not start with http://"
+		return "is not a URL such as " + scheme + "://host:port", ""
+	case u.Scheme == "https" && scheme == "http":
+		return "uses https, but " + tlsKey + " is not set", "set " + tlsKey + " (cert_file and key_file at least) to serve TLS, or write http://"
+	case u.Scheme == "http" && scheme == "https":
+		return "uses http, but " + tlsKey + " is set, so the member serves only TLS there", "write https://, or remove " + tlsKey
+	case u.Scheme != scheme:
+		return "does not start with " + scheme + "://", ""
 	case u.Port() == "" || u.Hostname() == "":
-		return "has no host and port"
+		return "has no host and port", ""
 	case strings.Trim(u.Path, "/") != "" || u.RawQuery != "":
-		return "has a path; give only scheme, host and port"
+		return "has a path; give only scheme, host and port", ""
 	}
-	return ""
+	return "", ""
 }
 
 // initialCluster parses name=peer_url,... into a map from name to URL.
-func (c *checker) initialCluster(s string) (map[string]string, bool) {
+// With peer_tls every URL is https, else http. The URL of the entry
+// reported (name=url) is not checked: it is reported as peer_url already.
+func (c *checker) initialCluster(s string, peerTLS bool, reported string) (map[string]string, bool) {
 	const field = "store.embedded.initial_cluster"
-	const how = "write name=peer_url items separated by commas, e.g. node-a=http://10.0.0.1:2380,node-b=http://10.0.0.2:2380"
+	scheme := schemeFor(peerTLS)
+	how := fmt.Sprintf("write name=peer_url items separated by commas, e.g. node-a=%[1]s://10.0.0.1:2380,node-b=%[1]s://10.0.0.2:2380", scheme)
 	members := map[string]string{}
 	ok := true
 	for part := range strings.SplitSeq(s, ",") {
@@ -332,9 +403,17 @@ func (c *checker) initialCluster(s string) (map[string]string, bool) {
 		case members[name] != "":
 			c.add(field, "lists %s twice; list each member once", name)
 			ok = false
+		case part == reported:
+			members[name] = u
+			ok = false
 		default:
-			if msg := memberURLProblem(u); msg != "" {
-				c.add(field, "member %s: %q %s; %s", name, u, msg, how)
+			if msg, fix := memberURLProblem(u, scheme, peerTLSKey); msg != "" {
+				if fix != "" {
+					fix += " (every member's peer URL uses the same scheme)"
+				} else {
+					fix = how
+				}
+				c.add(field, "member %s: %q %s; %s", name, u, msg, fix)
 				ok = false
 			}
 			members[name] = u
@@ -419,7 +498,8 @@ func (c *checker) log() {
 
 // Warnings returns advice about a valid configuration that will work but
 // is probably not what the operator wants: timings near their limits,
-// test-only settings, and CONCORD_ variables that match no key. Each
+// test-only settings, peer addresses the other members cannot reach or
+// that carry plaintext, and CONCORD_ variables that match no key. Each
 // starts like an error, with the source and the key.
 func (f *File) Warnings() []string {
 	var out []string
@@ -442,8 +522,12 @@ func (f *File) Warnings() []string {
 	}
 	if s.Type == StoreEmbedded {
 		e := s.Embedded.withDefaults(f.Node.ID)
-		if u, err := url.Parse(e.PeerURL); err == nil && isLoopback(u.Hostname()) && strings.Count(e.InitialCluster, "=") > 1 && !allLoopback(e.InitialCluster) {
+		cluster := strings.Count(e.InitialCluster, "=") > 1
+		if u, err := url.Parse(e.PeerURL); err == nil && isLoopback(u.Hostname()) && cluster && !allLoopback(e.InitialCluster) {
 			warn("store.embedded.peer_url", "%s is a loopback address, but store.embedded.initial_cluster has members on other hosts, which cannot reach it; use an address they can reach", e.PeerURL)
+		}
+		if cluster && !strings.HasPrefix(e.PeerURL, "https://") {
+			warn("store.embedded.peer_url", "%s is not https, so the traffic between the members of store.embedded.initial_cluster is unencrypted and unauthenticated: whoever reaches a peer port can read the store and speak as a member; set %s (with client_cert_auth) on every member and write every peer URL as https://, or keep the peer network closed to anyone else", e.PeerURL, peerTLSKey)
 		}
 	}
 	return append(out, f.src.unknownEnv...)
