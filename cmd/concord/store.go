@@ -75,13 +75,13 @@ func openStore(ctx context.Context, f *config.File, log *slog.Logger) (*nodeStor
 			return nil, err
 		}
 		st, err := etcd.New(etcd.Config{
-			Endpoints: srv.Endpoints(), DialTimeout: s.DialTimeout,
-			KeepAliveInterval: s.KeepaliveInterval, MaxTxnOps: embeddedMaxTxnOps(s.MaxTxnOps),
-			Logger: log,
+			Endpoints: srv.Endpoints(), TLS: nodeClientTLS(s.Embedded.ClientTLS),
+			DialTimeout: s.DialTimeout, KeepAliveInterval: s.KeepaliveInterval,
+			MaxTxnOps: embeddedMaxTxnOps(s.MaxTxnOps), Logger: log,
 		})
 		if err != nil {
 			_ = srv.Close()
-			return nil, err
+			return nil, fmt.Errorf("%s: store.embedded: %w", f.Path, err)
 		}
 		return &nodeStore{store: st, done: srv.Done(), err: srv.Err,
 			closers: []func() error{srv.Close, st.Close}}, nil
@@ -124,10 +124,35 @@ func embeddedMaxTxnOps(configured int) int {
 	return 1024
 }
 
+// memberTLS is the embedded member's setup of one listener; nil, for
+// plaintext, when the config sets none of its keys.
+func memberTLS(t config.EmbeddedTLS) *embedded.TLS {
+	if !t.Enabled() {
+		return nil
+	}
+	return &embedded.TLS{CertFile: t.CertFile, KeyFile: t.KeyFile, TrustedCAFile: t.CAFile, ClientCertAuth: t.ClientCertAuth}
+}
+
+// nodeClientTLS is how this node's own client reaches its embedded member
+// when the member serves clients over TLS (nil otherwise): it verifies
+// the member's certificate against client_tls.ca_file (the system's
+// roots if empty) for the host of client_url, and with client_cert_auth
+// presents the certificate that EmbeddedClientTLS.NodeClientCert names.
+// The config has checked that the member's certificate and that one pass
+// these checks.
+func nodeClientTLS(t config.EmbeddedClientTLS) *etcd.TLSFiles {
+	if !t.Enabled() {
+		return nil
+	}
+	cert, key := t.NodeClientCert()
+	return &etcd.TLSFiles{CAFile: t.CAFile, CertFile: cert, KeyFile: key}
+}
+
 func startEmbedded(ctx context.Context, f *config.File, log *slog.Logger) (*embedded.Server, error) {
 	e := f.Store.Embedded
 	cfg := embedded.Config{
 		Name: e.Name, DataDir: e.DataDir, ClientURL: e.ClientURL, PeerURL: e.PeerURL,
+		ClientTLS: memberTLS(e.ClientTLS.Listener()), PeerTLS: memberTLS(e.PeerTLS),
 		InitialCluster: e.InitialCluster, ClusterState: e.ClusterState, ClusterToken: e.ClusterToken,
 		MaxTxnOps: embeddedMaxTxnOps(f.Store.MaxTxnOps), Logger: log,
 	}
