@@ -109,20 +109,29 @@ func TestSingleMemberRestartKeepsData(t *testing.T) {
 	}
 }
 
-// startCluster starts n members of one new cluster concurrently: each
-// Start waits for a leader, which needs a majority.
-func startCluster(t *testing.T, n int) []*Server {
+// startCluster starts n members of one new cluster concurrently (each
+// Start waits for a leader, which needs a majority); edit, if not nil,
+// adjusts each member's config first. Members with PeerTLS get https
+// peer URLs.
+func startCluster(t *testing.T, n int, edit func(*Config)) []*Server {
 	t.Helper()
 	cfgs := make([]Config, n)
-	var members []string
+	members := make([]string, n)
 	for i := range cfgs {
 		cfgs[i] = testConfig(t, fmt.Sprintf("m%d", i))
-		peer, err := FreeLoopbackURL()
+		if edit != nil {
+			edit(&cfgs[i])
+		}
+		free := FreeLoopbackURL
+		if cfgs[i].PeerTLS != nil {
+			free = FreeLoopbackHTTPSURL
+		}
+		peer, err := free()
 		if err != nil {
 			t.Fatal(err)
 		}
 		cfgs[i].PeerURL = peer
-		members = append(members, cfgs[i].Name+"="+peer)
+		members[i] = cfgs[i].Name + "=" + peer
 	}
 	servers := make([]*Server, n)
 	errs := make([]error, n)
@@ -150,7 +159,7 @@ func startCluster(t *testing.T, n int) []*Server {
 }
 
 func TestClusterServesAndSurvivesAMemberStop(t *testing.T) {
-	servers := startCluster(t, 3)
+	servers := startCluster(t, 3, nil)
 	clients := make([]*clientv3.Client, len(servers))
 	for i, s := range servers {
 		clients[i] = client(t, s.Endpoints()...)
@@ -334,7 +343,7 @@ func testLogger() *slog.Logger {
 // TestDoneWhenRemovedFromCluster: a member removed from its cluster stops
 // on its own; Done fires and Err says it was not Close.
 func TestDoneWhenRemovedFromCluster(t *testing.T) {
-	servers := startCluster(t, 3)
+	servers := startCluster(t, 3, nil)
 	victim := servers[2]
 	c := client(t, servers[0].Endpoints()...)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

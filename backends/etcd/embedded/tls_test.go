@@ -3,11 +3,8 @@ package embedded
 import (
 	"context"
 	"crypto/tls"
-	"errors"
-	"fmt"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -110,44 +107,14 @@ func TestClientTLS(t *testing.T) {
 // certificates required form a cluster and replicate.
 func TestPeerTLS(t *testing.T) {
 	pki := testpki.New(t, t.TempDir())
-	const n = 3
-	cfgs := make([]Config, n)
-	members := make([]string, n)
-	for i := range cfgs {
-		cfgs[i] = testConfig(t, fmt.Sprintf("m%d", i))
-		cfgs[i].ClientTLS = serverTLS(pki)
-		cfgs[i].PeerTLS = serverTLS(pki)
-		peer, err := FreeLoopbackHTTPSURL()
-		if err != nil {
-			t.Fatal(err)
+	servers := startCluster(t, 3, func(c *Config) {
+		c.ClientTLS = serverTLS(pki)
+		c.PeerTLS = serverTLS(pki)
+	})
+	for i, s := range servers {
+		if peer := s.Config().PeerURL; !strings.HasPrefix(peer, "https://127.0.0.1:") {
+			t.Fatalf("member %d's peer URL = %q, want https", i, peer)
 		}
-		if !strings.HasPrefix(peer, "https://127.0.0.1:") {
-			t.Fatalf("FreeLoopbackHTTPSURL() = %q", peer)
-		}
-		cfgs[i].PeerURL = peer
-		members[i] = cfgs[i].Name + "=" + peer
-	}
-	servers := make([]*Server, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range cfgs {
-		cfgs[i].InitialCluster = strings.Join(members, ",")
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			servers[i], errs[i] = Start(ctx, cfgs[i])
-		}()
-	}
-	wg.Wait()
-	for _, s := range servers {
-		if s != nil {
-			t.Cleanup(func() { _ = s.Close() })
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		t.Fatalf("start a cluster of %d with PeerTLS: %v", n, err)
 	}
 	put(t, tlsClient(t, pki, servers[0].Endpoints()...), "/peer", "replicated")
 	for i, s := range servers {
