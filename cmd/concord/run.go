@@ -42,7 +42,8 @@ of every service the node provides, logging each role change.
 
 SIGTERM or SIGINT makes the node resign every service it is primary of, so
 that the next node takes over at once instead of after the session TTL, and
-then leave. A second signal stops it without waiting.
+then leave. A second signal abandons resignations still in flight and
+leaves at once (closing the session takes at most store.op_timeout).
 
 Settings come from the file, and CONCORD_* environment variables override
 them (CONCORD_STORE_SESSION_TTL=5s overrides store.session_ttl).`,
@@ -98,8 +99,9 @@ func describe(w io.Writer, f *config.File) {
 	}
 }
 
-// runNode runs one node until a signal on sigs (a graceful step-down) or
-// ctx's end (a stop without resigning, as in tests that simulate a crash).
+// runNode runs one node until a signal on sigs (a graceful step-down: it
+// resigns, then leaves) or ctx's end (it leaves without resigning: its
+// session is closed, so the others elect a successor at once).
 func runNode(ctx context.Context, f *config.File, log *slog.Logger, sigs <-chan os.Signal) error {
 	cfg := f.CoreConfig()
 	cfg.Logger = log
@@ -112,12 +114,15 @@ func runNode(ctx context.Context, f *config.File, log *slog.Logger, sigs <-chan 
 	// cluster waits for its peers); a signal ends the wait.
 	octx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	tookSignal := make(chan bool, 1)
 	go func() {
 		select {
 		case sig := <-sigs:
 			log.Info("signal while starting: stopping", "signal", sig.String())
 			cancel()
+			tookSignal <- true
 		case <-octx.Done():
+			tookSignal <- false
 		}
 	}()
 	st, err := openStore(octx, f, log)
@@ -136,6 +141,9 @@ func runNode(ctx context.Context, f *config.File, log *slog.Logger, sigs <-chan 
 		return err
 	}
 	cancel()
+	if <-tookSignal {
+		return nil // a signal came as the store answered: stop, as asked
+	}
 
 	// The node's own context outlives a signal, so that it can resign.
 	nctx, stop := context.WithCancel(context.Background())
