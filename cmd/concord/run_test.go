@@ -570,3 +570,23 @@ func TestRunRefusedByTheStore(t *testing.T) {
 		}
 	}
 }
+
+// TestRunEmbeddedDataDirUnusable: a data directory that cannot be made
+// fails at once, naming the key, instead of being retried for ever.
+func TestRunEmbeddedDataDirUnusable(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "a-file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := writeConfig(t, fmt.Sprintf("node: {id: a}\nstore:\n  embedded: {data_dir: %s}\n%s", filepath.Join(file, "data"), oneService))
+	f, err := config.LoadEnv(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err = runNode(ctx, f, slog.New(slog.DiscardHandler), make(chan os.Signal))
+	if err == nil || !strings.Contains(err.Error(), "store.embedded.data_dir") || ctx.Err() != nil {
+		t.Fatalf("runNode = %v (context: %v), want an error naming store.embedded.data_dir at once", err, ctx.Err())
+	}
+}

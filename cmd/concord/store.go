@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -121,7 +122,7 @@ func embeddedMaxTxnOps(configured int) int {
 	if configured > 0 {
 		return configured
 	}
-	return 1024
+	return embedded.DefaultMaxTxnOps
 }
 
 // memberTLS is the embedded member's setup of one listener; nil, for
@@ -156,6 +157,14 @@ func startEmbedded(ctx context.Context, f *config.File, log *slog.Logger) (*embe
 		InitialCluster: e.InitialCluster, ClusterState: e.ClusterState, ClusterToken: e.ClusterToken,
 		MaxTxnOps: embeddedMaxTxnOps(f.Store.MaxTxnOps), Logger: log,
 	}
+	// What no retry mends fails at once: a config the member refuses, a
+	// data directory that cannot be made.
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: store.embedded: %w", f.Path, err)
+	}
+	if err := os.MkdirAll(e.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("%s: store.embedded.data_dir: cannot create %q: %w; choose a directory this process can write", f.Path, e.DataDir, err)
+	}
 	delay := f.Store.RetryMin
 	for attempt := 1; ; attempt++ {
 		srv, err := embedded.Start(ctx, cfg)
@@ -172,6 +181,6 @@ func startEmbedded(ctx context.Context, f *config.File, log *slog.Logger) (*embe
 			return nil, ctx.Err()
 		case <-time.After(delay):
 		}
-		delay = min(2*delay, max(f.Store.RetryMax, 10*time.Second))
+		delay = min(2*delay, f.Store.RetryMax)
 	}
 }
