@@ -283,6 +283,11 @@ func TestLoadBadInput(t *testing.T) {
 				"FILE:7: store.max_txn_ops: is -2; use 0 for the store's default",
 			}},
 
+		{name: "etcd transactions too small", content: valid("  max_txn_ops: 8\n"),
+			want: []string{"FILE:4: store.max_txn_ops: is 8, but etcd transactions need more than 8"}},
+		{name: "keepalive below a millisecond", content: valid("  keepalive_interval: 500us\n"),
+			want: []string{"FILE:4: store.keepalive_interval: is 500µs, below 1ms"}},
+
 		{name: "consul ttl too short", content: valid("  type: consul\n  endpoints: [a:1]\n  session_ttl: 6s\n  op_timeout: 2s\n"),
 			want: []string{"FILE:6: store.session_ttl: 6s is below 10s, the shortest session TTL Consul accepts; raise it to 10s or more"}},
 

@@ -443,9 +443,13 @@ func (c *checker) timings() {
 	}
 	if s.KeepaliveInterval < 0 {
 		c.add("store.keepalive_interval", "is %v; use 0 for store.session_ttl/3, or a positive duration", s.KeepaliveInterval)
+	} else if s.KeepaliveInterval > 0 && s.KeepaliveInterval < time.Millisecond {
+		c.add("store.keepalive_interval", "is %v, below 1ms, which would renew in a busy loop; use 0 for store.session_ttl/3, or 1ms or more", s.KeepaliveInterval)
 	}
 	if s.MaxTxnOps < 0 {
 		c.add("store.max_txn_ops", "is %d; use 0 for the store's default, or a positive number", s.MaxTxnOps)
+	} else if s.MaxTxnOps > 0 && s.MaxTxnOps <= 8 && (s.Type == StoreEtcd || s.Type == StoreEmbedded) {
+		c.add("store.max_txn_ops", "is %d, but etcd transactions need more than 8 (concord keeps 8 for each op's conditions); use 0 for the default, or the servers' --max-txn-ops (128 unless changed)", s.MaxTxnOps)
 	}
 	ttl, ka, third := s.SessionTTL, s.effectiveKeepalive(), (s.SessionTTL / 3).Truncate(time.Millisecond)
 	if ttl > 0 && ka > 0 {
