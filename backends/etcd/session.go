@@ -322,15 +322,17 @@ func (s *Store) ExpireSession(ctx context.Context, sessionID string) error {
 		return fmt.Errorf("etcd: expire session %q: not a lease ID: %w", sessionID, core.ErrNotFound)
 	}
 	id := clientv3.LeaseID(n)
-	if _, err := s.cli.Revoke(ctx, id); err != nil {
-		return s.convertError(ctx, opExpire, sessionID, err)
-	}
+	// A session of this Store learns first, so that its Done fires before
+	// etcd deletes its keys, as the contract requires.
 	s.mu.Lock()
 	ss := s.sessions[id]
 	s.mu.Unlock()
 	if ss != nil {
 		ss.fire(ss.lost("expired by ExpireSession"))
 		ss.cancel()
+	}
+	if _, err := s.cli.Revoke(ctx, id); err != nil {
+		return s.convertError(ctx, opExpire, sessionID, err)
 	}
 	return nil
 }
