@@ -511,7 +511,7 @@ func (n *Node) openSession() {
 				continue
 			}
 			if errors.Is(err, ErrExists) {
-				n.log.Warn("cannot join yet: the member record already exists; either another node runs with this NodeID, or this node's previous session has not expired yet (it will within SessionTTL)", "key", n.cfg.Prefix+"members/"+n.cfg.NodeID, "retry_in", d)
+				n.log.Warn("cannot join yet: the member record already exists; either another node runs with this NodeID, or this node's previous session has not expired yet (it will within SessionTTL)", "key", n.memberKey(), "retry_in", d)
 			} else {
 				n.log.Warn("cannot join the cluster: store unreachable or failing; retrying", "err", err, "retry_in", d)
 			}
@@ -536,8 +536,7 @@ func (n *Node) expireOwnRecord(lost *[]string) bool {
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.OpTimeout)
 	defer cancel()
-	keys, _ := NewKeys(n.cfg.Prefix)
-	key := keys.Member(n.cfg.NodeID)
+	key := n.memberKey()
 	kv, err := n.st.Get(ctx, key)
 	if err != nil {
 		return false
@@ -558,6 +557,9 @@ func (n *Node) expireOwnRecord(lost *[]string) bool {
 	n.log.Info("ended this node's previous session, which the store still held, to rejoin at once", "session", rec.Session, "key", key)
 	return true
 }
+
+// memberKey is this node's member record's key.
+func (n *Node) memberKey() string { return n.m.keys.Member(n.cfg.NodeID) }
 
 func isDone(s Session) bool {
 	select {
