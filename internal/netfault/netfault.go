@@ -1,7 +1,8 @@
 // Package netfault puts a cuttable TCP link between a client and a server,
 // so that demos, tests and benchmarks can take a process off the network
-// the way a crash or a pulled cable does: its connections stop carrying
-// bytes, and nothing is said to the other side.
+// as a crash does: its connections are closed at once, and no new one gets
+// through until the link is restored. The server learns nothing else: a
+// session the process held lives on until its TTL runs out.
 package netfault
 
 import (
@@ -9,6 +10,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 )
 
 // Link listens on a loopback port and forwards every connection to a
@@ -99,6 +101,7 @@ func (l *Link) accept() {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			time.Sleep(10 * time.Millisecond) // e.g. out of file descriptors: do not spin
 			continue
 		}
 		if !l.track(c) {
