@@ -22,7 +22,8 @@
 //     snapshots whose revision is the ModRevision of the latest event, a
 //     deletion included. It survives compaction, reconnection and the
 //     loss of a leader without the caller watching again, and ends with
-//     Err only when the Store is closed or etcd refuses the client.
+//     Err only when the Store or its client is closed, etcd refuses the
+//     client, or etcd's revision went back (a restore from a backup).
 //   - A session is one lease, renewed by KeepAliveOnce every
 //     Config.KeepAliveInterval (TTL/3 by default) on a context of its
 //     own. Done fires with core.ErrSessionLost when (send time of the last
