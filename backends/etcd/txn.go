@@ -3,7 +3,6 @@ package etcd
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -108,51 +107,22 @@ func (s *Store) Txn(ctx context.Context, ops []core.Op) ([]core.OpResult, error)
 	return results, nil
 }
 
-// validateTxn checks the rules that make a batch run or fail as a whole.
+// validateTxn checks the rules that make a batch run or fail as a whole:
+// core.CheckTxn's, the op limit, and etcd's count of nested conditions.
 func (s *Store) validateTxn(ops []core.Op) error {
 	if limit := s.MaxTxnOps(); len(ops) > limit {
 		return fmt.Errorf("etcd: txn of %d ops, more than MaxTxnOps %d: %w", len(ops), limit, core.ErrInvalidArgument)
 	}
-	written := make(map[string]bool)
+	if err := core.CheckTxn(ops); err != nil {
+		return fmt.Errorf("etcd: %w", err)
+	}
 	for i, o := range ops {
-		switch o.Kind {
-		case core.OpGet, core.OpCreate, core.OpCAS:
-			if o.Key == "" {
-				return fmt.Errorf("etcd: txn op %d: empty key: %w", i, core.ErrInvalidArgument)
-			}
-		case core.OpList:
-		default:
-			return fmt.Errorf("etcd: txn op %d: unknown kind %d: %w", i, o.Kind, core.ErrInvalidArgument)
-		}
 		if o.Kind != core.OpCreate && o.Kind != core.OpCAS {
 			continue
-		}
-		for _, g := range o.Guards {
-			if g.Key == "" {
-				return fmt.Errorf("etcd: txn op %d on %q: guard with an empty key: %w", i, o.Key, core.ErrInvalidArgument)
-			}
 		}
 		if need := len(ops) + 1 + len(o.Guards); need > s.cfg.MaxTxnOps {
 			return fmt.Errorf("etcd: txn op %d on %q has %d guards: with %d ops that makes %d of the server's %d (MaxTxnOps); use fewer guards or smaller batches: %w",
 				i, o.Key, len(o.Guards), len(ops), need, s.cfg.MaxTxnOps, core.ErrInvalidArgument)
-		}
-		if written[o.Key] {
-			return fmt.Errorf("etcd: txn writes %q twice: %w", o.Key, core.ErrInvalidArgument)
-		}
-		written[o.Key] = true
-	}
-	for _, o := range ops {
-		switch o.Kind {
-		case core.OpGet:
-			if written[o.Key] {
-				return fmt.Errorf("etcd: txn reads %q, which it also writes: %w", o.Key, core.ErrInvalidArgument)
-			}
-		case core.OpList:
-			for key := range written {
-				if strings.HasPrefix(key, o.Key) {
-					return fmt.Errorf("etcd: txn lists %q, which holds %q that it also writes: %w", o.Key, key, core.ErrInvalidArgument)
-				}
-			}
 		}
 	}
 	return nil

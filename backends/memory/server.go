@@ -567,33 +567,8 @@ func validateTxn(ops []core.Op, maxOps int) error {
 	if len(ops) > maxOps {
 		return fmt.Errorf("memory: txn of %d ops, more than %d: %w", len(ops), maxOps, core.ErrInvalidArgument)
 	}
-	written := make(map[string]bool)
-	for _, op := range ops {
-		if err := validateOp(op); err != nil {
-			return err
-		}
-		if !isWrite(op.Kind) {
-			continue
-		}
-		if written[op.Key] {
-			return fmt.Errorf("memory: txn writes %q twice: %w", op.Key, core.ErrInvalidArgument)
-		}
-		written[op.Key] = true
-	}
-	for _, op := range ops {
-		switch op.Kind {
-		case core.OpGet:
-			if written[op.Key] {
-				return fmt.Errorf("memory: txn reads %q, which it also writes: %w", op.Key, core.ErrInvalidArgument)
-			}
-		case core.OpList:
-			for key := range written {
-				if strings.HasPrefix(key, op.Key) {
-					return fmt.Errorf("memory: txn lists %q, which holds %q that it also writes: %w",
-						op.Key, key, core.ErrInvalidArgument)
-				}
-			}
-		}
+	if err := core.CheckTxn(ops); err != nil {
+		return fmt.Errorf("memory: %w", err)
 	}
 	return nil
 }
