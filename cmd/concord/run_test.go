@@ -193,6 +193,14 @@ store:
 %s`, node, strings.Join(endpoints, ", "), ttl, services)
 }
 
+// embeddedConfig is a node's config on the embedded etcd, with short test
+// timings: embedded holds the lines under store.embedded (data_dir, in a
+// temporary directory, comes first), services the services section.
+func embeddedConfig(t *testing.T, node, embedded, services string) string {
+	return fmt.Sprintf("node:\n  id: %s\nstore:\n  type: embedded\n  session_ttl: 2s\n  op_timeout: 500ms\n  retry_min: 20ms\n  retry_max: 200ms\n  embedded:\n    data_dir: %s\n%s%s",
+		node, filepath.Join(t.TempDir(), "data"), embedded, services)
+}
+
 const oneService = `services:
   - name: db
 `
@@ -340,23 +348,9 @@ func TestRunEmbeddedCluster(t *testing.T) {
 	}
 	runners := map[string]*runner{}
 	for i, n := range names {
-		body := fmt.Sprintf(`node:
-  id: %s
-store:
-  type: embedded
-  session_ttl: 2s
-  op_timeout: 500ms
-  retry_min: 20ms
-  retry_max: 500ms
-  embedded:
-    data_dir: %s
-    client_url: %s
-    peer_url: %s
-    initial_cluster: %s
-    cluster_token: test
-services:
-  - {name: db, priority: %d}
-`, n, filepath.Join(t.TempDir(), "data"), clients[n], peers[n], strings.Join(initial, ","), 3-i)
+		body := embeddedConfig(t, n,
+			fmt.Sprintf("    client_url: %s\n    peer_url: %s\n    initial_cluster: %s\n    cluster_token: test\n", clients[n], peers[n], strings.Join(initial, ",")),
+			fmt.Sprintf("services:\n  - {name: db, priority: %d}\n", 3-i))
 		runners[n] = startRunner(t, writeConfig(t, body))
 	}
 	obs, err := etcd.New(etcd.Config{Endpoints: []string{clients["b"], clients["c"]}})
@@ -427,20 +421,7 @@ func TestRunRetriesAnEmbeddedStoreThatCannotStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer squatter.Close()
-	a := startRunner(t, writeConfig(t, fmt.Sprintf(`node:
-  id: a
-store:
-  type: embedded
-  session_ttl: 2s
-  op_timeout: 500ms
-  retry_min: 20ms
-  retry_max: 200ms
-  embedded:
-    data_dir: %s
-    client_url: %s
-services:
-  - name: db
-`, filepath.Join(t.TempDir(), "data"), url)))
+	a := startRunner(t, writeConfig(t, embeddedConfig(t, "a", "    client_url: "+url+"\n", oneService)))
 	storetest.Eventually(t, 30*time.Second, "two logged retries", func() error {
 		if n := strings.Count(a.logs.String(), "embedded etcd could not start; retrying"); n < 2 {
 			return fmt.Errorf("%d retries logged", n)

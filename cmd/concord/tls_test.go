@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -49,22 +48,9 @@ func TestRunEmbeddedTLS(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			a := startRunner(t, writeConfig(t, fmt.Sprintf(`node:
-  id: a
-store:
-  type: embedded
-  session_ttl: 2s
-  op_timeout: 500ms
-  retry_min: 20ms
-  retry_max: 200ms
-  embedded:
-    data_dir: %s
-    client_url: %s
-    peer_url: %s
-    client_tls: %s
-%sservices:
-  - name: db
-`, filepath.Join(t.TempDir(), "data"), clientURL, peerURL, tc.clientTLS, peerTLS)))
+			a := startRunner(t, writeConfig(t, embeddedConfig(t, "a",
+				fmt.Sprintf("    client_url: %s\n    peer_url: %s\n    client_tls: %s\n%s", clientURL, peerURL, tc.clientTLS, peerTLS),
+				oneService)))
 			a.waitLog(t, 60*time.Second, "this node is primary")
 			if !strings.Contains(a.logs.String(), "clients="+clientURL) {
 				t.Errorf("the member does not serve clients at %s:\n%s", clientURL, a.logs)
