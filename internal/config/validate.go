@@ -90,6 +90,8 @@ func (c *checker) cluster() {
 		c.add("cluster.prefix", "is empty; write a key root ending in \"/\", e.g. concord/ (every node of the cluster uses the same)")
 	case !strings.HasSuffix(p, "/"):
 		c.add("cluster.prefix", "%q does not end with \"/\"; write %q so that it cannot match a sibling folder", p, p+"/")
+	case c.f.Store.Type == StoreConsul && strings.HasPrefix(p, "/"):
+		c.add("cluster.prefix", "%q starts with \"/\", which Consul keys cannot; write %q", p, strings.TrimLeft(p, "/"))
 	}
 }
 
