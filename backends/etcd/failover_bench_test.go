@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +16,7 @@ import (
 	"github.com/concordha/concord/backends/etcd"
 	"github.com/concordha/concord/backends/etcd/embedded"
 	"github.com/concordha/concord/core"
+	"github.com/concordha/concord/internal/failoverbench"
 	"github.com/concordha/concord/internal/netfault"
 )
 
@@ -43,8 +43,11 @@ const benchTTL = time.Second
 //   - handover: a graceful hand-over (concord's Resign, which SIGTERM runs;
 //     Election.Resign), from the call to the next primary knowing.
 //
-// The ratios are concord's figure over Election's. Each iteration builds
-// both clusters afresh; the figures are medians over iterations.
+// concord's side is internal/failoverbench, the harness every store's
+// failover benchmark uses (see integration/ for Consul and ZooKeeper);
+// Election's side here follows the same steps. The ratios are concord's
+// figure over Election's. Each iteration builds both clusters afresh; the
+// figures are medians over iterations.
 func BenchmarkFailover(b *testing.B) {
 	srv, err := embedded.Start(context.Background(), embedded.Config{
 		DataDir: b.TempDir(), HeartbeatInterval: 50 * time.Millisecond, ElectionTimeout: 500 * time.Millisecond,
@@ -53,56 +56,36 @@ func BenchmarkFailover(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer srv.Close()
+	setup := failoverbench.Setup{
+		TTL: benchTTL,
+		NewMember: failoverbench.Linked(strings.TrimPrefix(srv.Endpoints()[0], "http://"), func(b *testing.B, addr string) core.Store {
+			st, err := etcd.New(etcd.Config{Endpoints: []string{"http://" + addr}, DialTimeout: benchTTL, Logger: quiet})
+			if err != nil {
+				b.Fatal(err)
+			}
+			return st
+		}),
+	}
 	for _, n := range []int{3, 5} {
 		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
-			var c, e []failover
+			var c, e []failoverbench.Result
 			for i := 0; i < b.N; i++ {
 				root := fmt.Sprintf("bench/%d-%d-%d/", n, i, time.Now().UnixNano())
-				c = append(c, concordFailover(b, srv, n, root+"concord/"))
+				c = append(c, failoverbench.Run(b, setup, n, root+"concord/"))
 				e = append(e, electionFailover(b, srv, n, root+"election/"))
 			}
-			cm, em := medianOf(c), medianOf(e)
-			ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-			b.ReportMetric(ms(cm.crash-benchTTL), "concord-crash-above-ttl-ms")
-			b.ReportMetric(ms(em.crash-benchTTL), "etcd-election-crash-above-ttl-ms")
-			b.ReportMetric(ratio(cm.crash-benchTTL, em.crash-benchTTL), "crash-ratio")
-			b.ReportMetric(ms(cm.afterExpiry), "concord-after-expiry-ms")
-			b.ReportMetric(ms(em.afterExpiry), "etcd-election-after-expiry-ms")
-			b.ReportMetric(ms(cm.handover), "concord-handover-ms")
-			b.ReportMetric(ms(em.handover), "etcd-election-handover-ms")
-			b.ReportMetric(ratio(cm.handover, em.handover), "handover-ratio")
+			cm, em := failoverbench.Median(c), failoverbench.Median(e)
+			ms := failoverbench.Ms
+			b.ReportMetric(ms(cm.Crash-benchTTL), "concord-crash-above-ttl-ms")
+			b.ReportMetric(ms(em.Crash-benchTTL), "etcd-election-crash-above-ttl-ms")
+			b.ReportMetric(failoverbench.Ratio(cm.Crash-benchTTL, em.Crash-benchTTL), "crash-ratio")
+			b.ReportMetric(ms(cm.AfterExpiry), "concord-after-expiry-ms")
+			b.ReportMetric(ms(em.AfterExpiry), "etcd-election-after-expiry-ms")
+			b.ReportMetric(ms(cm.Handover), "concord-handover-ms")
+			b.ReportMetric(ms(em.Handover), "etcd-election-handover-ms")
+			b.ReportMetric(failoverbench.Ratio(cm.Handover, em.Handover), "handover-ratio")
 		})
 	}
-}
-
-// failover is one iteration's figures.
-type failover struct {
-	crash       time.Duration // cut to next primary
-	afterExpiry time.Duration // expiry seen to next primary
-	handover    time.Duration // resign call to next primary
-}
-
-func medianOf(fs []failover) failover {
-	med := func(get func(failover) time.Duration) time.Duration {
-		ds := make([]time.Duration, len(fs))
-		for i, f := range fs {
-			ds[i] = get(f)
-		}
-		slices.Sort(ds)
-		return ds[len(ds)/2]
-	}
-	return failover{
-		crash:       med(func(f failover) time.Duration { return f.crash }),
-		afterExpiry: med(func(f failover) time.Duration { return f.afterExpiry }),
-		handover:    med(func(f failover) time.Duration { return f.handover }),
-	}
-}
-
-func ratio(a, b time.Duration) float64 {
-	if b <= 0 {
-		return 0
-	}
-	return float64(a) / float64(b)
 }
 
 // member is one contender's process: its own link to etcd, so that it
@@ -150,150 +133,7 @@ func watchDeleted(ctx context.Context, cli *clientv3.Client, key string) <-chan 
 	return seen
 }
 
-func concordFailover(b *testing.B, srv *embedded.Server, n int, prefix string) failover {
-	b.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	keys, err := core.NewKeys(prefix)
-	if err != nil {
-		b.Fatal(err)
-	}
-	obs := newMember(b, srv)
-	defer obs.close()
-
-	primaries := make(chan became, 4*n)
-	members := make([]*member, n)
-	nodes := make([]*core.Node, n)
-	var wg sync.WaitGroup
-	for i := range nodes {
-		members[i] = newMember(b, srv)
-		cfg := core.DefaultConfig()
-		cfg.NodeID = fmt.Sprintf("n%d", i)
-		cfg.Prefix = prefix
-		cfg.Services = []core.ServiceConfig{{Name: "db", Priority: n - i}}
-		cfg.SessionTTL, cfg.OpTimeout = benchTTL, benchTTL/4
-		cfg.RetryMin, cfg.RetryMax, cfg.ElectionTimeout = 10*time.Millisecond, benchTTL/4, 2*benchTTL
-		cfg.Logger = quiet
-		node, err := core.Start(ctx, etcd.NewFromClient(members[i].cli, etcd.Config{}), cfg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		nodes[i] = node
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for ev := range node.Events() {
-				if ev.Role == core.RolePrimary {
-					primaries <- became{cfg.NodeID, time.Now()}
-				}
-			}
-		}()
-	}
-	defer func() {
-		for _, node := range nodes {
-			if node != nil {
-				_ = node.Close()
-			}
-		}
-		wg.Wait()
-		for _, m := range members {
-			m.close()
-		}
-	}()
-	// Wait until n0 (the highest priority) is primary and every node knows.
-	waitAgreed := func(not string) string {
-		for {
-			agreed, ok := "", true
-			for _, node := range nodes {
-				if node == nil {
-					continue
-				}
-				st, err := node.Status("db")
-				if err != nil || st.Primary == "" || st.Primary == not || (agreed != "" && st.Primary != agreed) {
-					ok = false
-					break
-				}
-				agreed = st.Primary
-			}
-			if ok {
-				return agreed
-			}
-			select {
-			case <-ctx.Done():
-				b.Fatalf("no agreed primary: %v", ctx.Err())
-			case <-time.After(time.Millisecond):
-			}
-		}
-	}
-	first := waitAgreed("")
-	drain(primaries)
-	idx := func(id string) int {
-		var i int
-		fmt.Sscanf(id, "n%d", &i)
-		return i
-	}
-
-	// Crash: cut the primary off; it can no longer renew its session.
-	gone := watchDeleted(ctx, obs.cli, keys.Member(first))
-	cut := time.Now()
-	members[idx(first)].link.Cut()
-	crashed := nodes[idx(first)]
-	nodes[idx(first)] = nil
-	next := waitBecame(b, ctx, primaries, first)
-	var expiry time.Time
-	select {
-	case expiry = <-gone:
-	case <-ctx.Done():
-		b.Fatal("the crashed primary's member record was never deleted")
-	}
-	f := failover{crash: next.at.Sub(cut), afterExpiry: next.at.Sub(expiry)}
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = crashed.Close() }()
-
-	// Handover: the new primary resigns.
-	waitAgreed(first)
-	drain(primaries)
-	t0 := time.Now()
-	if err := nodes[idx(next.node)].Resign(ctx, "db"); err != nil {
-		b.Fatalf("resign: %v", err)
-	}
-	after := waitBecame(b, ctx, primaries, next.node)
-	f.handover = after.at.Sub(t0)
-	return f
-}
-
-func drain[T any](ch chan T) {
-	for {
-		select {
-		case <-ch:
-		default:
-			return
-		}
-	}
-}
-
-// became is a node's becoming primary, as its event reported it.
-type became struct {
-	node string
-	at   time.Time
-}
-
-// waitBecame returns the first node other than not to become primary.
-func waitBecame(b *testing.B, ctx context.Context, ch chan became, not string) became {
-	b.Helper()
-	for {
-		select {
-		case v := <-ch:
-			if v.node != not {
-				return v
-			}
-		case <-ctx.Done():
-			b.Fatal("no new primary")
-		}
-	}
-}
-
-func electionFailover(b *testing.B, srv *embedded.Server, n int, prefix string) failover {
+func electionFailover(b *testing.B, srv *embedded.Server, n int, prefix string) failoverbench.Result {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -353,7 +193,7 @@ func electionFailover(b *testing.B, srv *embedded.Server, n int, prefix string) 
 	case <-ctx.Done():
 		b.Fatal("the crashed leader's key was never deleted")
 	}
-	f := failover{crash: next.at.Sub(cut), afterExpiry: next.at.Sub(expiry)}
+	f := failoverbench.Result{Crash: next.at.Sub(cut), AfterExpiry: next.at.Sub(expiry)}
 
 	// Handover: the new leader resigns.
 	t0 := time.Now()
@@ -362,7 +202,7 @@ func electionFailover(b *testing.B, srv *embedded.Server, n int, prefix string) 
 	}
 	select {
 	case after := <-wins:
-		f.handover = after.at.Sub(t0)
+		f.Handover = after.at.Sub(t0)
 	case <-ctx.Done():
 		b.Fatal("no new leader after the resignation")
 	}
