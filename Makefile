@@ -36,3 +36,9 @@ soak:
 run: demo
 demo:
 	$(GO) run ./cmd/concord demo
+
+## images: the Docker images `make integration` uses, built locally (see
+## images/README.md); existing ones are skipped, FORCE=1 rebuilds them.
+.PHONY: images
+images:
+	GO='$(GO)' ./images/build
