@@ -97,6 +97,8 @@ func TestWarnings(t *testing.T) {
 			"FILE:4: store.op_timeout: 5s is more than a third of store.session_ttl 10s"},
 		{"keepalive over a third", "  keepalive_interval: 4s\n",
 			"FILE:4: store.keepalive_interval: 4s is more than a third of store.session_ttl 10s"},
+		{"consul ttl below its default minimum", "  type: consul\n  endpoints: [a:1]\n  session_ttl: 6s\n  op_timeout: 2s\n",
+			"FILE:6: store.session_ttl: 6s is below 10s, the shortest session TTL Consul accepts by default; it works only if the Consul servers' session_ttl_min is 6s or less"},
 		{"memory", "  type: memory\n",
 			"FILE:4: store.type: memory keeps the store inside this process"},
 		{"insecure", "  type: consul\n  endpoints: [a:1]\n  tls: {insecure_skip_verify: true}\n",

@@ -290,8 +290,6 @@ func TestLoadBadInput(t *testing.T) {
 
 		{name: "consul prefix with leading slash", content: valid("  type: consul\n  endpoints: [a:1]\n") + "cluster:\n  prefix: /prod/\n",
 			want: []string{`cluster.prefix: "/prod/" starts with "/", which Consul keys cannot; write "prod/"`}},
-		{name: "consul ttl too short", content: valid("  type: consul\n  endpoints: [a:1]\n  session_ttl: 6s\n  op_timeout: 2s\n"),
-			want: []string{"FILE:6: store.session_ttl: 6s is below 10s, the shortest session TTL Consul accepts; raise it to 10s or more"}},
 
 		// Enumerations.
 		{name: "store type", content: valid("  type: etdc\n"),

@@ -108,9 +108,6 @@ func (c *checker) store() {
 		if s.Type == StoreEtcd {
 			c.etcdSchemes(s.Endpoints, s.TLS)
 		}
-		if s.Type == StoreConsul && s.SessionTTL > 0 && s.SessionTTL < consulMinTTL {
-			c.add("store.session_ttl", "%v is below %v, the shortest session TTL Consul accepts; raise it to %v or more", s.SessionTTL, consulMinTTL, consulMinTTL)
-		}
 	case StoreEmbedded:
 		c.embedded(s.Embedded.withDefaults(c.f.Node.ID))
 	}
@@ -134,7 +131,8 @@ func (c *checker) storeKeysUsed(typ string) {
 	}
 }
 
-// consulMinTTL is the shortest session TTL Consul accepts.
+// consulMinTTL is the shortest session TTL Consul accepts unless its
+// agents' session_ttl_min is lowered.
 const consulMinTTL = 10 * time.Second
 
 // defaultPorts are the usual client ports, for examples in messages.
@@ -522,6 +520,9 @@ func (f *File) Warnings() []string {
 	}
 	if s.TLS.InsecureSkipVerify && s.Type != StoreEmbedded && s.Type != StoreMemory {
 		warn("store.tls.insecure_skip_verify", "is true: the store's certificate is not checked, so anyone on the path can pose as the store; use it only for testing")
+	}
+	if s.Type == StoreConsul && ttl > 0 && ttl < consulMinTTL {
+		warn("store.session_ttl", "%v is below %v, the shortest session TTL Consul accepts by default; it works only if the Consul servers' session_ttl_min is %v or less (otherwise the node's sessions are refused), else raise it to %v", ttl, consulMinTTL, ttl, consulMinTTL)
 	}
 	if s.Type == StoreMemory {
 		warn("store.type", "memory keeps the store inside this process: no other node can see it and it is lost on exit; use it only for demos and tests")
