@@ -37,6 +37,14 @@ run: demo
 demo:
 	$(GO) run ./cmd/concord demo
 
+## integration: the tests against real store servers in Docker containers
+## (integration/; the images come from `make images`) and real concord
+## processes. Needs a Docker daemon.
+.PHONY: integration
+integration:
+	$(GO) vet -tags integration ./integration/
+	TESTCONTAINERS_RYUK_DISABLED=true $(GO) test -tags integration -race -count=1 -timeout 60m ./integration/...
+
 ## images: the Docker images `make integration` uses, built locally (see
 ## images/README.md); existing ones are skipped, FORCE=1 rebuilds them.
 .PHONY: images
