@@ -9,9 +9,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/concordha/concord/backends/consul"
 	"github.com/concordha/concord/backends/etcd"
 	"github.com/concordha/concord/backends/etcd/embedded"
 	"github.com/concordha/concord/backends/memory"
+	"github.com/concordha/concord/backends/zookeeper"
 	"github.com/concordha/concord/core"
 	"github.com/concordha/concord/internal/config"
 )
@@ -110,8 +112,65 @@ func openStore(ctx context.Context, f *config.File, log *slog.Logger) (*nodeStor
 		}
 		return &nodeStore{store: st, closers: []func() error{st.Close}}, nil
 
+	case config.StoreConsul:
+		cfg := consul.Config{
+			Endpoints: s.Endpoints, DialTimeout: s.DialTimeout, KeepAliveInterval: s.KeepaliveInterval,
+			MaxTxnOps: s.MaxTxnOps, Logger: log,
+		}
+		token, err := s.Auth.TokenValue()
+		if err != nil {
+			return nil, fmt.Errorf("%s: store.auth: %w", f.Path, err)
+		}
+		cfg.Token = token
+		if s.TLS.Enabled() {
+			cfg.TLS = &consul.TLSFiles{CAFile: s.TLS.CAFile, CertFile: s.TLS.CertFile, KeyFile: s.TLS.KeyFile,
+				ServerName: s.TLS.ServerName, InsecureSkipVerify: s.TLS.InsecureSkipVerify}
+		}
+		// New checks a token at once, so an unreachable Consul is retried
+		// here, as waitReachable does for the other stores.
+		st, err := retryUnavailable(ctx, f, log, "consul", func() (*consul.Store, error) { return consul.New(cfg) })
+		if err != nil {
+			return nil, err
+		}
+		return &nodeStore{store: st, closers: []func() error{st.Close}}, nil
+
+	case config.StoreZooKeeper:
+		cfg := zookeeper.Config{Endpoints: s.Endpoints, DialTimeout: s.DialTimeout, Digest: s.Auth.Digest, Logger: log}
+		// New authenticates a digest at once: retried as for consul.
+		st, err := retryUnavailable(ctx, f, log, "zookeeper", func() (*zookeeper.Store, error) { return zookeeper.New(cfg) })
+		if err != nil {
+			return nil, err
+		}
+		return &nodeStore{store: st, closers: []func() error{st.Close}}, nil
+
 	default:
-		return nil, fmt.Errorf("%s: store.type is %q, but this build of concord has no %s backend yet; use embedded or etcd (the Consul and ZooKeeper backends are on the way, and their config is already checked)", f.Path, s.Type, s.Type)
+		return nil, fmt.Errorf("%s: store.type %q is not known to this build of concord; use one of %s", f.Path, s.Type, strings.Join(config.StoreTypes, ", "))
+	}
+}
+
+// retryUnavailable calls open until it succeeds, fails with an error
+// other than core.ErrUnavailable (a config or a credential no retry
+// mends, reported with the config file's name), or ctx ends. Attempts are
+// logged and spaced by the store's backoff.
+func retryUnavailable[S any](ctx context.Context, f *config.File, log *slog.Logger, what string, open func() (S, error)) (S, error) {
+	delay := f.Store.RetryMin
+	for attempt := 1; ; attempt++ {
+		st, err := open()
+		if err == nil {
+			return st, nil
+		}
+		if !errors.Is(err, core.ErrUnavailable) {
+			var zero S
+			return zero, fmt.Errorf("%s: store: %w", f.Path, err)
+		}
+		log.Warn(what+" unreachable; retrying", "attempt", attempt, "retry_in", delay, "err", err)
+		select {
+		case <-ctx.Done():
+			var zero S
+			return zero, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, f.Store.RetryMax)
 	}
 }
 
