@@ -3,13 +3,12 @@ package consul
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
-	"slices"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 
 	"github.com/concordha/concord/backends/internal/latest"
+	"github.com/concordha/concord/backends/internal/watchutil"
 	"github.com/concordha/concord/core"
 )
 
@@ -115,7 +114,7 @@ func (w *watcher) run(ctx, callerCtx context.Context) {
 			}
 			w.s.log.Debug("consul: watch query failed; trying again", "prefix", w.prefix, "failures", failures, "err", err)
 			w.index = 0 // the cluster may have changed meanwhile: read at once
-			if !sleep(ctx, jitter(retry)) {
+			if !watchutil.Sleep(ctx, watchutil.Jitter(retry)) {
 				continue // ctx ended: handled above
 			}
 			retry = min(2*retry, watchRetryMax)
@@ -127,7 +126,7 @@ func (w *watcher) run(ctx, callerCtx context.Context) {
 			// Consul should never answer 0; waiting on 0 would not block,
 			// so pause rather than spin.
 			w.index = 0
-			sleep(ctx, watchRetryMax)
+			watchutil.Sleep(ctx, watchRetryMax)
 		case qm.LastIndex < w.index:
 			w.index = 0 // Consul's index went back: read at once
 		default:
@@ -153,7 +152,7 @@ func (w *watcher) query(ctx context.Context) (api.KVPairs, *api.QueryMeta, error
 // that made the last revision (after its tombstone TTL), the least
 // revision that keeps the watch's promises stands in.
 func (w *watcher) apply(snap core.Snapshot, lastIndex uint64) {
-	if sameKVs(snap.KVs, w.last.KVs) {
+	if watchutil.SameKVs(snap.KVs, w.last.KVs) {
 		return
 	}
 	snap.Revision = max(snap.Revision, int64(lastIndex))
@@ -168,27 +167,4 @@ func (w *watcher) apply(snap core.Snapshot, lastIndex uint64) {
 // channel.
 func (w *watcher) end(err error) {
 	latest.Offer(w.out, core.Snapshot{Revision: w.last.Revision, Err: err})
-}
-
-func sameKVs(a, b []core.KV) bool {
-	return slices.EqualFunc(a, b, func(x, y core.KV) bool {
-		return x.Key == y.Key && x.Revision == y.Revision && x.Version == y.Version && string(x.Value) == string(y.Value)
-	})
-}
-
-// sleep waits d, or less if ctx ends first; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-// jitter spreads retries of many watches over [d/2, d).
-func jitter(d time.Duration) time.Duration {
-	return d/2 + rand.N(d/2+1)
 }

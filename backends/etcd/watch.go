@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordha/concord/backends/internal/latest"
+	"github.com/concordha/concord/backends/internal/watchutil"
 	"github.com/concordha/concord/core"
 )
 
@@ -124,7 +124,7 @@ func (w *watcher) run(ctx, callerCtx context.Context) {
 			return
 		}
 		w.s.log.Debug("etcd: watch interrupted; watching again", "prefix", w.prefix, "from", w.next, "err", err)
-		sleep(ctx, jitter(retry))
+		watchutil.Sleep(ctx, watchutil.Jitter(retry))
 		retry = min(2*retry, watchRetryMax)
 	}
 }
@@ -176,7 +176,7 @@ func (w *watcher) resync(ctx context.Context) error {
 			w.s.log.Debug("etcd: watch: history compacted; read the prefix again", "prefix", w.prefix, "revision", resp.Header.Revision)
 			before := w.snapshot(w.rev)
 			fresh := w.reset(resp.Kvs, resp.Header.Revision)
-			if !sameKVs(before.KVs, fresh.KVs) {
+			if !watchutil.SameKVs(before.KVs, fresh.KVs) {
 				w.rev = max(fresh.Revision, w.rev+1)
 				w.offer(w.snapshot(w.rev))
 			}
@@ -186,7 +186,7 @@ func (w *watcher) resync(ctx context.Context) error {
 			return err
 		}
 		w.s.log.Debug("etcd: watch: read after compaction failed; retrying", "prefix", w.prefix, "err", err)
-		if !sleep(ctx, jitter(retry)) {
+		if !watchutil.Sleep(ctx, watchutil.Jitter(retry)) {
 			return ctx.Err()
 		}
 		retry = min(2*retry, watchRetryMax)
@@ -211,26 +211,3 @@ func (w *watcher) end(err error) {
 
 // offer puts snap in the channel, replacing the undelivered one if any.
 func (w *watcher) offer(snap core.Snapshot) { latest.Offer(w.out, snap) }
-
-func sameKVs(a, b []core.KV) bool {
-	return slices.EqualFunc(a, b, func(x, y core.KV) bool {
-		return x.Key == y.Key && x.Revision == y.Revision && x.Version == y.Version && string(x.Value) == string(y.Value)
-	})
-}
-
-// sleep waits d, or less if ctx ends first; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-// jitter spreads retries of many watches over [d/2, d).
-func jitter(d time.Duration) time.Duration {
-	return d/2 + rand.N(d/2+1)
-}

@@ -9,6 +9,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordha/concord/backends/internal/watchutil"
 	"github.com/concordha/concord/backends/storetest"
 	"github.com/concordha/concord/core"
 	"github.com/concordha/concord/internal/netfault"
@@ -56,7 +57,7 @@ func (w *watchStream) until(timeout time.Duration, what string, cond func(core.S
 				if snap.Revision < w.last.Revision {
 					w.t.Fatalf("revision went down from %d to %d", w.last.Revision, snap.Revision)
 				}
-				if !sameKVs(snap.KVs, w.last.KVs) && snap.Revision <= w.last.Revision {
+				if !watchutil.SameKVs(snap.KVs, w.last.KVs) && snap.Revision <= w.last.Revision {
 					w.t.Fatalf("content changed at the same revision %d: %v then %v", snap.Revision, w.last.KVs, snap.KVs)
 				}
 			}

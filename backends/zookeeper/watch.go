@@ -3,14 +3,13 @@ package zookeeper
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
-	"slices"
 	"sync"
 	"time"
 
 	"github.com/go-zookeeper/zk"
 
 	"github.com/concordha/concord/backends/internal/latest"
+	"github.com/concordha/concord/backends/internal/watchutil"
 	"github.com/concordha/concord/core"
 )
 
@@ -293,7 +292,7 @@ func (w *watcher) run(ctx, callerCtx context.Context) {
 				return
 			}
 			w.s.log.Debug("zookeeper: watch: read failed; reading again", "prefix", prefix, "err", err)
-			sleep(ctx, jitter(w.retry))
+			watchutil.Sleep(ctx, watchutil.Jitter(w.retry))
 			w.retry = min(2*w.retry, watchRetryMax)
 			w.kick()
 			continue
@@ -306,7 +305,7 @@ func (w *watcher) run(ctx, callerCtx context.Context) {
 // deliver offers snap if its content differs from the last one offered,
 // with a revision strictly greater.
 func (w *watcher) deliver(snap core.Snapshot) {
-	if sameKVs(snap.KVs, w.last.KVs) {
+	if watchutil.SameKVs(snap.KVs, w.last.KVs) {
 		return
 	}
 	if snap.Revision <= w.last.Revision {
@@ -328,27 +327,4 @@ func (w *watcher) deliver(snap core.Snapshot) {
 // channel.
 func (w *watcher) end(err error) {
 	latest.Offer(w.out, core.Snapshot{Revision: w.last.Revision, Err: err})
-}
-
-func sameKVs(a, b []core.KV) bool {
-	return slices.EqualFunc(a, b, func(x, y core.KV) bool {
-		return x.Key == y.Key && x.Revision == y.Revision && x.Version == y.Version && string(x.Value) == string(y.Value)
-	})
-}
-
-// sleep waits d, or less if ctx ends first; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-// jitter spreads retries of many watches over [d/2, d).
-func jitter(d time.Duration) time.Duration {
-	return d/2 + rand.N(d/2+1)
 }
