@@ -27,12 +27,16 @@ const LingerBound = 15 * time.Second
 func Main(m *testing.M) {
 	code := m.Run()
 	if code == 0 {
-		code = verify(LingerBound)
+		code = Verify(LingerBound)
 	}
 	os.Exit(code)
 }
 
-func verify(bound time.Duration) int {
+// Verify waits up to bound for every goroutine but the caller's to end.
+// It returns 0 when they did, and otherwise prints them and returns 1:
+// an exit code, for a TestMain that has work of its own to do after
+// m.Run and so cannot use Main.
+func Verify(bound time.Duration) int {
 	deadline := time.Now().Add(bound)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
