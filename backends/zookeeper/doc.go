@@ -66,6 +66,41 @@
 //     core.ErrDenied; a lost connection, no server reachable, or a
 //     session expired under a call wraps core.ErrUnavailable.
 //
+// # TLS
+//
+// With Config.TLS, every connection the Store opens goes over TLS: its
+// own, each session's, and the one ExpireSession opens. The endpoints
+// must then name the servers' secureClientPort, which ZooKeeper serves
+// only with its Netty connection factory (in zoo.cfg: secureClientPort,
+// serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory,
+// and the ssl.* keys; ssl.clientAuth=need, the default, requires a
+// client certificate, Config.TLS.CertFile and KeyFile). A server
+// certificate must name the host of the endpoint, unless
+// Config.TLS.ServerName gives another name. The handshake is part of
+// each connection attempt, which DialTimeout bounds. A session's
+// connection is watched above TLS, in plaintext (see Timing), so a
+// request is stamped when its write into TLS begins, as it is without
+// TLS.
+//
+// go-zookeeper reports a server it cannot connect to only by failing
+// calls with zk.ErrNoServer once it has tried every server. So the Store
+// remembers, for each server, why its latest TLS connection failed
+// before carrying anything (the server's certificate is not signed by
+// the CA, or does not name the host; the server refused the handshake,
+// as it does without a client certificate or with one it does not
+// trust; the server does not speak TLS) until a connection to it
+// carries an answer, and adds that to the error of every call that
+// fails with core.ErrUnavailable or ends with its context, and of a
+// NewSession that times out. With TLS 1.3 the server refuses a client
+// certificate only after the client's side of the handshake, so the
+// refusal shows at the connection's first read, and is reported the
+// same way.
+//
+// ZooKeeper 3.8 reads PEM key stores (ssl.keyStore.type=PEM) with the
+// key in PKCS#8 ("PRIVATE KEY", not "EC PRIVATE KEY"), and its default
+// cipher suites are TLS 1.2 ones: a server limited to TLS 1.3 needs
+// ssl.ciphersuites with TLS 1.3 suites too.
+//
 // # Timing
 //
 // ZooKeeper grants a session timeout between minSessionTimeout and
@@ -135,7 +170,11 @@
 //     ErrUnavailable), or they end with their context.
 //   - New does not wait for a server, except with Config.Digest:
 //     authentication is a request, which must be answered before the
-//     Store sends any other.
+//     Store sends any other. New checks the files of Config.TLS, but
+//     not the certificates against a server.
+//   - A NewSession whose connections all fail (a TLS handshake refused
+//     among others) waits for DialTimeout before it fails: go-zookeeper
+//     keeps trying the servers.
 //   - Store.Close closes its sessions' connections, which asks ZooKeeper
 //     to end them; if it cannot be reached, the sessions expire after
 //     their timeout. Either way, Done fires with core.ErrSessionLost.

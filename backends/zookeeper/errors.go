@@ -54,6 +54,11 @@ var (
 //     caller has not already told what they mean for its operation;
 //   - anything else is returned wrapped as it is.
 //
+// With Config.TLS, when ZooKeeper cannot be reached (or ctx ended first)
+// and the TLS connections to some servers fail (a certificate one side
+// does not trust, a server that is not TLS), the error says why as well:
+// go-zookeeper reports only that it could not connect.
+//
 // The original error stays in the message and in the chain.
 func (s *Store) convertError(ctx context.Context, op, key string, err error) error {
 	if err == nil {
@@ -67,7 +72,7 @@ func (s *Store) convertError(ctx context.Context, op, key string, err error) err
 		if !errors.Is(err, ctx.Err()) {
 			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
 		}
-		return fmt.Errorf("%s: %w", what, err)
+		return fmt.Errorf("%s: %w", what, s.withConnErrors(err))
 	}
 	if errors.Is(err, core.ErrClosed) {
 		return fmt.Errorf("%s: %w", what, err)
@@ -76,6 +81,9 @@ func (s *Store) convertError(ctx context.Context, op, key string, err error) err
 		return fmt.Errorf("%s: %w (%w)", what, errStoreClosed, err)
 	}
 	if kind := classify(err); kind != nil {
+		if kind == core.ErrUnavailable {
+			err = s.withConnErrors(err)
+		}
 		return fmt.Errorf("%s: %w (%w)", what, kind, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)

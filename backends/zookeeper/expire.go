@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"time"
 
 	"github.com/concordha/concord/core"
@@ -79,12 +78,12 @@ func (s *Store) closeRemote(ctx context.Context, id int64, passwd []byte, timeou
 
 // closeAt speaks just enough of ZooKeeper's protocol to end a session:
 // a connect request that resumes session id with its password, then a
-// close request. A server that does not know the session (or not with
-// that password) answers the connect request with timeout 0 and
-// session 0.
+// close request, on a connection of its own (over TLS with Config.TLS,
+// as every connection of the Store). A server that does not know the
+// session (or not with that password) answers the connect request with
+// timeout 0 and session 0.
 func (s *Store) closeAt(ctx context.Context, addr string, id int64, passwd []byte, timeout time.Duration) error {
-	d := net.Dialer{Timeout: s.cfg.DialTimeout}
-	c, err := d.DialContext(ctx, "tcp", addr)
+	c, err := s.dial(ctx, "tcp", addr)
 	if err != nil {
 		return err
 	}

@@ -89,14 +89,14 @@ func (s *Store) NewSession(ctx context.Context, opts core.SessionOptions) (core.
 	case <-ss.tr.up:
 	case <-ctx.Done():
 		ss.abandon()
-		return nil, fmt.Errorf("zookeeper: new session: %w", ctx.Err())
+		return nil, fmt.Errorf("zookeeper: new session: %w", s.withConnErrors(ctx.Err()))
 	case <-s.ctx.Done():
 		ss.abandon()
 		return nil, fmt.Errorf("zookeeper: new session: %w", errStoreClosed)
 	case <-wait.C:
 		ss.abandon()
-		return nil, fmt.Errorf("zookeeper: new session: no server of %v opened a session within %v (Config.DialTimeout): %w",
-			s.cfg.Endpoints, s.cfg.DialTimeout, core.ErrUnavailable)
+		return nil, fmt.Errorf("zookeeper: new session: %w", s.withConnErrors(fmt.Errorf(
+			"no server of %v opened a session within %v (Config.DialTimeout): %w", s.cfg.Endpoints, s.cfg.DialTimeout, core.ErrUnavailable)))
 	}
 	st := ss.tr.state()
 	ss.id, ss.timeout = st.id, st.timeout

@@ -3,6 +3,7 @@ package zookeeper
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -59,10 +60,17 @@ type fakeZK struct {
 	wg      sync.WaitGroup
 }
 
-func newFakeZK(t *testing.T) *fakeZK {
+func newFakeZK(t *testing.T) *fakeZK { return newFakeZKTLS(t, nil) }
+
+// newFakeZKTLS is newFakeZK serving TLS with cfg, or plaintext if cfg is
+// nil.
+func newFakeZKTLS(t *testing.T, cfg *tls.Config) *fakeZK {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cfg != nil {
+		l = tls.NewListener(l, cfg)
 	}
 	f := &fakeZK{t: t, l: l, expired: map[int64]bool{}, passwd: map[int64][]byte{}, dials: map[int64]int{}}
 	f.wg.Add(1)

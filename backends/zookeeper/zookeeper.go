@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-zookeeper/zk"
 
+	"github.com/concordha/concord/backends/internal/tlsfiles"
 	"github.com/concordha/concord/core"
 )
 
@@ -33,15 +34,26 @@ const (
 // clamps it to between 2 and 20 ticks.
 const storeSessionTimeout = 10 * time.Second
 
+// TLSFiles locate the certificates of a TLS connection to ZooKeeper; every
+// backend takes the same fields.
+type TLSFiles = tlsfiles.Files
+
 // Config describes how to reach a ZooKeeper ensemble.
 type Config struct {
 	// Endpoints are the client addresses of some servers, "host" or
 	// "host:port" (port 2181 when left out; IPv6 addresses in brackets).
 	// Required. go-zookeeper has no chroot: a "/path" suffix is refused.
+	// With TLS, name the servers' secureClientPort: ZooKeeper has no
+	// standard one, and a port left out is still 2181.
 	Endpoints []string
-	// DialTimeout bounds each TCP connection attempt, New's
-	// authentication when Digest is set, and how long NewSession waits
-	// for ZooKeeper to open the session; 0 means 5s.
+	// TLS secures every connection to the servers (the Store's, each
+	// session's, and ExpireSession's), which must then be their
+	// secureClientPort. nil means plaintext.
+	TLS *TLSFiles
+	// DialTimeout bounds each connection attempt (TCP, and the TLS
+	// handshake with TLS), New's authentication when Digest is set, and
+	// how long NewSession waits for ZooKeeper to open the session; 0
+	// means 5s.
 	DialTimeout time.Duration
 	// Digest is "user:password" for ZooKeeper's digest scheme. When set,
 	// every connection of the Store authenticates with it, and every
@@ -131,7 +143,8 @@ type Store struct {
 	cfg  Config
 	log  *slog.Logger
 	acl  []zk.ACL
-	auth []byte // digest credentials, nil without Config.Digest
+	auth []byte  // digest credentials, nil without Config.Digest
+	sec  *secure // TLS, nil without Config.TLS
 	conn *zk.Conn
 
 	// ctx ends when the Store closes; watches and sessions stop with it.
@@ -151,18 +164,30 @@ type Store struct {
 // context, or with core.ErrUnavailable once go-zookeeper has tried every
 // server. With Digest it authenticates at once and fails, after at most
 // DialTimeout, with an error wrapping core.ErrUnavailable if no server
-// answers. A Config it cannot use fails with core.ErrInvalidArgument and
-// names the field.
+// answers. A Config it cannot use (TLS files it cannot load among
+// others) fails with core.ErrInvalidArgument and names the field.
 func New(cfg Config) (*Store, error) {
 	cfg, err := cfg.resolved()
 	if err != nil {
 		return nil, err
+	}
+	var sec *secure
+	if f := cfg.TLS; f != nil {
+		tc, err := tlsfiles.Files{
+			CAFile: f.CAFile, CertFile: f.CertFile, KeyFile: f.KeyFile,
+			ServerName: f.ServerName, InsecureSkipVerify: f.InsecureSkipVerify,
+		}.Config("zookeeper: Config.TLS")
+		if err != nil {
+			return nil, err
+		}
+		sec = newSecure(tc)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{
 		cfg:      cfg,
 		log:      cfg.Logger,
 		acl:      zk.WorldACL(zk.PermAll),
+		sec:      sec,
 		ctx:      ctx,
 		cancel:   cancel,
 		sessions: make(map[*session]struct{}),
@@ -209,14 +234,16 @@ func (s *Store) authenticate(ctx context.Context, conn *zk.Conn) error {
 	return s.convertError(ctx, "authenticate", "", err)
 }
 
-// dialer returns the Dialer of a connection: plain TCP bounded by
-// DialTimeout, through t when the connection carries a core.Session.
+// dialer returns the Dialer of a connection: TCP, and TLS with
+// Config.TLS, bounded by DialTimeout (see Store.dial), through t when
+// the connection carries a core.Session. t sees the plaintext, so it
+// wraps the TLS connection.
 func (s *Store) dialer(t *tracker) zk.Dialer {
 	return func(network, address string, _ time.Duration) (net.Conn, error) {
 		if t != nil && t.refused() {
 			return nil, errRefused
 		}
-		c, err := net.DialTimeout(network, address, s.cfg.DialTimeout)
+		c, err := s.dial(s.ctx, network, address)
 		if err != nil || t == nil {
 			return c, err
 		}
