@@ -136,6 +136,10 @@ func openStore(ctx context.Context, f *config.File, log *slog.Logger) (*nodeStor
 
 	case config.StoreZooKeeper:
 		cfg := zookeeper.Config{Endpoints: s.Endpoints, DialTimeout: s.DialTimeout, Digest: s.Auth.Digest, Logger: log}
+		if s.TLS.Enabled() {
+			cfg.TLS = &zookeeper.TLSFiles{CAFile: s.TLS.CAFile, CertFile: s.TLS.CertFile, KeyFile: s.TLS.KeyFile,
+				ServerName: s.TLS.ServerName, InsecureSkipVerify: s.TLS.InsecureSkipVerify}
+		}
 		// New authenticates a digest at once: retried as for consul.
 		st, err := retryUnavailable(ctx, f, log, "zookeeper", func() (*zookeeper.Store, error) { return zookeeper.New(cfg) })
 		if err != nil {
