@@ -3,13 +3,11 @@ package consul
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/concordha/concord/backends/internal/tlsfiles"
 	"github.com/concordha/concord/core"
 )
 
@@ -44,19 +43,9 @@ const (
 // (structs.MaxLockDelay).
 const maxLockDelay = 60 * time.Second
 
-// TLSFiles locate the certificates of a TLS connection to Consul.
-type TLSFiles struct {
-	// CAFile verifies the agents' certificates; "" uses the system's.
-	CAFile string
-	// CertFile and KeyFile are the client's certificate and key, for
-	// agents that require client certificates (verify_incoming); both or
-	// neither.
-	CertFile, KeyFile string
-	// ServerName overrides the name checked in the agents' certificates.
-	ServerName string
-	// InsecureSkipVerify accepts any agent certificate: for tests only.
-	InsecureSkipVerify bool
-}
+// TLSFiles locate the certificates of a TLS connection to Consul; every
+// backend takes the same fields.
+type TLSFiles = tlsfiles.Files
 
 // Config describes how to reach Consul.
 type Config struct {
@@ -145,7 +134,7 @@ func New(cfg Config) (*Store, error) {
 		if files == nil {
 			files = &TLSFiles{}
 		}
-		if tlsCfg, err = files.config(); err != nil {
+		if tlsCfg, err = files.Config("consul: Config.TLS"); err != nil {
 			return nil, err
 		}
 	}
@@ -282,38 +271,6 @@ func parseEndpoints(raw []string, withTLS bool) ([]endpoint, error) {
 		return nil, fmt.Errorf("consul: Config.TLS is set but Config.Endpoints %v are plaintext: use https:// endpoints, or leave TLS nil: %w", raw, core.ErrInvalidArgument)
 	}
 	return eps, nil
-}
-
-// config loads the files into a TLS client configuration, naming the
-// field of any file it cannot use.
-func (f *TLSFiles) config() (*tls.Config, error) {
-	cfg := &tls.Config{
-		MinVersion:         tls.VersionTLS12,
-		ServerName:         f.ServerName,
-		InsecureSkipVerify: f.InsecureSkipVerify, //nolint:gosec // documented as for tests only
-	}
-	if f.CAFile != "" {
-		pem, err := os.ReadFile(f.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("consul: Config.TLS.CAFile: %w: %w", err, core.ErrInvalidArgument)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("consul: Config.TLS.CAFile %q holds no PEM certificate: %w", f.CAFile, core.ErrInvalidArgument)
-		}
-		cfg.RootCAs = pool
-	}
-	switch {
-	case (f.CertFile == "") != (f.KeyFile == ""):
-		return nil, fmt.Errorf("consul: Config.TLS: set both CertFile and KeyFile, or neither (CertFile %q, KeyFile %q): %w", f.CertFile, f.KeyFile, core.ErrInvalidArgument)
-	case f.CertFile != "":
-		cert, err := tls.LoadX509KeyPair(f.CertFile, f.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("consul: Config.TLS.CertFile %q and KeyFile %q: %w: %w", f.CertFile, f.KeyFile, err, core.ErrInvalidArgument)
-		}
-		cfg.Certificates = []tls.Certificate{cert}
-	}
-	return cfg, nil
 }
 
 // Client returns the Consul client of the agent in use.

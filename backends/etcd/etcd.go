@@ -3,23 +3,21 @@ package etcd
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/concordha/concord/backends/etcd/internal/zapslog"
+	"github.com/concordha/concord/backends/internal/tlsfiles"
 	"github.com/concordha/concord/core"
 )
 
@@ -44,18 +42,9 @@ const (
 	dialKeepAliveTimeout = 5 * time.Second
 )
 
-// TLSFiles locate the certificates of a TLS connection to etcd.
-type TLSFiles struct {
-	// CAFile verifies the servers' certificates; "" uses the system's.
-	CAFile string
-	// CertFile and KeyFile are the client's certificate and key, for
-	// servers that require client certificates; both or neither.
-	CertFile, KeyFile string
-	// ServerName overrides the name checked in the servers' certificates.
-	ServerName string
-	// InsecureSkipVerify accepts any server certificate: for tests only.
-	InsecureSkipVerify bool
-}
+// TLSFiles locate the certificates of a TLS connection to etcd; every
+// backend takes the same fields.
+type TLSFiles = tlsfiles.Files
 
 // Config describes how to reach an etcd cluster.
 type Config struct {
@@ -137,7 +126,7 @@ func New(cfg Config) (*Store, error) {
 		dial   []grpc.DialOption
 	)
 	if files != nil {
-		if tlsCfg, err = files.config(); err != nil {
+		if tlsCfg, err = files.Config("etcd: Config.TLS"); err != nil {
 			return nil, err
 		}
 		// The same credentials clientv3 would make, watched so that a
@@ -255,40 +244,6 @@ func tlsFor(endpoints []string, files *TLSFiles) (*TLSFiles, error) {
 		return &TLSFiles{}, nil
 	}
 	return files, nil
-}
-
-func (f *TLSFiles) config() (*tls.Config, error) {
-	if (f.CertFile == "") != (f.KeyFile == "") {
-		return nil, fmt.Errorf("etcd: Config.TLS: set both CertFile and KeyFile, or neither (CertFile %q, KeyFile %q): %w", f.CertFile, f.KeyFile, core.ErrInvalidArgument)
-	}
-	// transport.TLSInfo reports a file it cannot read or parse without
-	// saying which field named it: check them here first.
-	if f.CAFile != "" {
-		pem, err := os.ReadFile(f.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("etcd: Config.TLS.CAFile: %w: %w", err, core.ErrInvalidArgument)
-		}
-		if !x509.NewCertPool().AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("etcd: Config.TLS.CAFile %q holds no PEM certificate: %w", f.CAFile, core.ErrInvalidArgument)
-		}
-	}
-	if f.CertFile != "" {
-		if _, err := tls.LoadX509KeyPair(f.CertFile, f.KeyFile); err != nil {
-			return nil, fmt.Errorf("etcd: Config.TLS.CertFile %q and KeyFile %q: %w: %w", f.CertFile, f.KeyFile, err, core.ErrInvalidArgument)
-		}
-	}
-	info := transport.TLSInfo{
-		CertFile:           f.CertFile,
-		KeyFile:            f.KeyFile,
-		TrustedCAFile:      f.CAFile,
-		ServerName:         f.ServerName,
-		InsecureSkipVerify: f.InsecureSkipVerify,
-	}
-	cfg, err := info.ClientConfig()
-	if err != nil {
-		return nil, fmt.Errorf("etcd: Config.TLS: %w: %w", err, core.ErrInvalidArgument)
-	}
-	return cfg, nil
 }
 
 // Client returns the clientv3 client the Store uses.
