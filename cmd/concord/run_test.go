@@ -304,6 +304,29 @@ func TestRunRetriesAnUnreachableStore(t *testing.T) {
 	a.waitLog(t, 5*time.Second, "store reachable")
 }
 
+// TestRunRetriesAnUnreachableStoreWithAuth: with a username, the etcd
+// client authenticates as it is made; an unreachable store is retried
+// there too, not reported as a failure.
+func TestRunRetriesAnUnreachableStoreWithAuth(t *testing.T) {
+	url, err := embedded.FreeLoopbackURL()
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := strings.Replace(etcdConfig("a", []string{url}, 2*time.Second, oneService), "  retry_max: 200ms\n", "  retry_max: 200ms\n  auth: {username: concord, password: secret}\n", 1)
+	a := startRunner(t, writeConfig(t, body))
+	storetest.Eventually(t, 20*time.Second, "three logged retries", func() error {
+		if n := strings.Count(a.logs.String(), "etcd unreachable; retrying"); n < 3 {
+			return fmt.Errorf("%d retries logged", n)
+		}
+		return nil
+	})
+	select {
+	case err := <-a.err:
+		t.Fatalf("runNode gave up on an unreachable store: %v\n%s", err, a.logs)
+	default:
+	}
+}
+
 // TestRunReportsGarbageRecords: records that are not concord's are
 // reported with their keys, and the election overwrites them.
 func TestRunReportsGarbageRecords(t *testing.T) {

@@ -106,9 +106,11 @@ func openStore(ctx context.Context, f *config.File, log *slog.Logger) (*nodeStor
 			cfg.TLS = &etcd.TLSFiles{CAFile: s.TLS.CAFile, CertFile: s.TLS.CertFile, KeyFile: s.TLS.KeyFile,
 				ServerName: s.TLS.ServerName, InsecureSkipVerify: s.TLS.InsecureSkipVerify}
 		}
-		st, err := etcd.New(cfg)
+		// New authenticates a username at once: an unreachable etcd is
+		// retried here, as waitReachable does without one.
+		st, err := retryUnavailable(ctx, f, log, "etcd", func() (*etcd.Store, error) { return etcd.New(cfg) })
 		if err != nil {
-			return nil, fmt.Errorf("%s: store: %w", f.Path, err)
+			return nil, err
 		}
 		return &nodeStore{store: st, closers: []func() error{st.Close}}, nil
 
@@ -126,8 +128,7 @@ func openStore(ctx context.Context, f *config.File, log *slog.Logger) (*nodeStor
 			cfg.TLS = &consul.TLSFiles{CAFile: s.TLS.CAFile, CertFile: s.TLS.CertFile, KeyFile: s.TLS.KeyFile,
 				ServerName: s.TLS.ServerName, InsecureSkipVerify: s.TLS.InsecureSkipVerify}
 		}
-		// New checks a token at once, so an unreachable Consul is retried
-		// here, as waitReachable does for the other stores.
+		// New checks a token at once: retried as for etcd.
 		st, err := retryUnavailable(ctx, f, log, "consul", func() (*consul.Store, error) { return consul.New(cfg) })
 		if err != nil {
 			return nil, err
