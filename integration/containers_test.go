@@ -225,7 +225,7 @@ func freePort() (string, error) {
 // startContainer starts s, bound to a free host port, and waits until
 // it is ready; t's cleanup terminates it (printing its last output
 // lines first if t failed).
-func startContainer(t *testing.T, s spec) *container {
+func startContainer(t testing.TB, s spec) *container {
 	t.Helper()
 	requireDocker(t)
 	requireImage(t, s.Image)
@@ -245,7 +245,7 @@ func startContainer(t *testing.T, s spec) *container {
 	return nil
 }
 
-func createContainer(t *testing.T, s spec) (*container, error) {
+func createContainer(t testing.TB, s spec) (*container, error) {
 	t.Helper()
 	reach, bind := hostIP()
 	hostPort, err := freePort()
@@ -309,7 +309,7 @@ func createContainer(t *testing.T, s spec) (*container, error) {
 	return c, nil
 }
 
-func terminate(t *testing.T, name string, c *testcontainers.DockerContainer) {
+func terminate(t testing.TB, name string, c *testcontainers.DockerContainer) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	// No graceful stop: the test is over, and the data goes with it.
@@ -357,9 +357,9 @@ var dockerCheck struct {
 	err  error
 }
 
-// requireDocker skips t if no Docker daemon answers, or fails it if
-// CONCORD_REQUIRE_DOCKER=1.
-func requireDocker(t *testing.T) {
+// requireDocker skips t (a test or a benchmark) if no Docker daemon
+// answers, or fails it if CONCORD_REQUIRE_DOCKER=1.
+func requireDocker(t testing.TB) {
 	t.Helper()
 	dockerCheck.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -383,7 +383,7 @@ var imageChecks sync.Map // image name -> error (nil: present)
 
 // requireImage fails t, saying how to get it, if image is neither
 // present nor pullable.
-func requireImage(t *testing.T, image string) {
+func requireImage(t testing.TB, image string) {
 	t.Helper()
 	v, ok := imageChecks.Load(image)
 	if !ok {
@@ -415,7 +415,7 @@ func requireImage(t *testing.T, image string) {
 // startEtcd starts a single-member etcd with short raft timings (see
 // etcdHeartbeat) and its data in the container's /data, which survives
 // Stop and Start.
-func startEtcd(t *testing.T) *container {
+func startEtcd(t testing.TB) *container {
 	t.Helper()
 	return startContainer(t, spec{
 		Image: etcdImage, Name: "etcd",
@@ -455,7 +455,7 @@ func etcdReady(ctx context.Context, endpoint string) error {
 
 // startConsul starts a Consul dev agent (one server, in memory), with
 // extraArgs appended to its agent flags.
-func startConsul(t *testing.T, extraArgs ...string) *container {
+func startConsul(t testing.TB, extraArgs ...string) *container {
 	t.Helper()
 	return startContainer(t, spec{
 		Image: consulImage, Name: "consul",
@@ -478,9 +478,9 @@ func consulReady(ctx context.Context, endpoint string) error {
 
 // startZooKeeper starts a standalone ZooKeeper configured by the official
 // image's environment variables (ZOO_TICK_TIME, ZOO_CFG_EXTRA, ...);
-// the 4-letter word ruok, which the readiness check uses, is added to
+// the 4-letter word srvr, which the readiness check uses, is added to
 // ZOO_4LW_COMMANDS_WHITELIST.
-func startZooKeeper(t *testing.T, env map[string]string) *container {
+func startZooKeeper(t testing.TB, env map[string]string) *container {
 	t.Helper()
 	e := map[string]string{}
 	for k, v := range env {
@@ -489,8 +489,8 @@ func startZooKeeper(t *testing.T, env map[string]string) *container {
 	switch w := e["ZOO_4LW_COMMANDS_WHITELIST"]; {
 	case w == "":
 		e["ZOO_4LW_COMMANDS_WHITELIST"] = "ruok,srvr,mntr"
-	case w != "*" && !strings.Contains(","+w+",", ",ruok,"):
-		e["ZOO_4LW_COMMANDS_WHITELIST"] = w + ",ruok"
+	case w != "*" && !strings.Contains(","+w+",", ",srvr,"):
+		e["ZOO_4LW_COMMANDS_WHITELIST"] = w + ",srvr"
 	}
 	return startContainer(t, spec{
 		Image: zookeeperImage, Name: "zookeeper",
@@ -500,8 +500,19 @@ func startZooKeeper(t *testing.T, env map[string]string) *container {
 	})
 }
 
-// zookeeperReady sends ruok, which a serving ZooKeeper answers imok.
+// zookeeperReady sends srvr, which ZooKeeper answers with its Mode
+// (standalone, leader, follower) only while it serves clients: until
+// then it says it is not serving, and closes clients' connections. (ruok
+// answers imok as soon as the process listens, before that; a closed
+// connection with no answer is Docker's port proxy with nothing behind
+// it.) A serving ZooKeeper answers at once: a probe still unanswered
+// after zkProbeTimeout is dropped for a new one, so that one stuck
+// connection does not hold readiness back for the whole 5s that
+// retryUntil allows a probe (once, after a restart under load,
+// readiness came 5s after the server served).
 func zookeeperReady(ctx context.Context, endpoint string) error {
+	ctx, cancel := context.WithTimeout(ctx, zkProbeTimeout)
+	defer cancel()
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", endpoint)
 	if err != nil {
@@ -511,18 +522,21 @@ func zookeeperReady(ctx context.Context, endpoint string) error {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	}
-	if _, err := conn.Write([]byte("ruok")); err != nil {
+	if _, err := conn.Write([]byte("srvr")); err != nil {
 		return err
 	}
 	b, err := io.ReadAll(conn)
 	if err != nil && len(b) == 0 {
 		return err
 	}
-	if string(b) != "imok" {
-		return fmt.Errorf("ruok answered %q", b)
+	if !strings.Contains(string(b), "\nMode: ") {
+		return fmt.Errorf("srvr answered %q", strings.TrimSpace(string(b)))
 	}
 	return nil
 }
+
+// zkProbeTimeout bounds one srvr probe of zookeeperReady.
+const zkProbeTimeout = time.Second
 
 // httpCheck GETs url and checks the 200 response's body.
 func httpCheck(ctx context.Context, url string, check func(body string) error) error {

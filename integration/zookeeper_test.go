@@ -29,9 +29,9 @@ const zkTTL = time.Second
 
 // startZK starts a standalone ZooKeeper with the test tick and no limit
 // on connections per client address (they all come from the Docker
-// bridge's address, and the suite opens many), plus env, and waits until
-// it serves requests.
-func startZK(t *testing.T, env map[string]string) *container {
+// bridge's address, and the suite opens many), plus env; it is ready
+// once it serves clients (see zookeeperReady).
+func startZK(t testing.TB, env map[string]string) *container {
 	t.Helper()
 	e := map[string]string{
 		"ZOO_TICK_TIME":        strconv.FormatInt(zkTick.Milliseconds(), 10),
@@ -40,30 +40,7 @@ func startZK(t *testing.T, env map[string]string) *container {
 	for k, v := range env {
 		e[k] = v
 	}
-	c := startZooKeeper(t, e)
-	waitZKServing(t, c.Endpoint())
-	return c
-}
-
-// waitZKServing waits until ZooKeeper answers a read. Its ruok answers
-// imok as soon as the process runs, a moment before it serves clients:
-// until then it closes their connections, and go-zookeeper, with a
-// single server, fails the calls waiting on it at once.
-func waitZKServing(t *testing.T, endpoint string) {
-	t.Helper()
-	st, err := zookeeper.New(zookeeper.Config{Endpoints: []string{endpoint}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	storetest.Eventually(t, readyTimeout, "ZooKeeper at "+endpoint+" serving", func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if _, err := st.Get(ctx, "/concord-probe"); !errors.Is(err, core.ErrNotFound) {
-			return fmt.Errorf("Get: %v", err)
-		}
-		return nil
-	})
+	return startZooKeeper(t, e)
 }
 
 // openZK returns a Store on endpoint, closed by t's cleanup.
@@ -260,7 +237,6 @@ func TestZooKeeperSessionLostWhileServerDown(t *testing.T) {
 
 	zkc.Start(t)
 	restarted := time.Now()
-	waitZKServing(t, zkc.Endpoint())
 	// The server restores the session with a fresh timeout. Had the
 	// holder reconnected to it, its key would stay; it must go within
 	// the TTL (plus the server's tick rounding and slack).
@@ -299,7 +275,6 @@ func TestZooKeeperRestartKeepsSession(t *testing.T) {
 	down := time.Now()
 	zkc.Stop(t)
 	zkc.Start(t)
-	waitZKServing(t, zkc.Endpoint())
 	downFor := time.Since(down)
 	t.Logf("server down and back within %v (TTL %v)", downFor.Round(time.Millisecond), ttl)
 	if downFor > ttl*8/10 {
