@@ -20,10 +20,13 @@ vet:
 ## failover time) for 3, 5, 9 and 25 nodes and 1, 100 and 1,000 services;
 ## then failover on an embedded etcd for 3 and 5 nodes (crash, as time
 ## above the session TTL, and graceful handover), beside etcd's own
-## client/v3/concurrency Election with the same TTL, and their ratios.
+## client/v3/concurrency Election with the same TTL, and their ratios;
+## then the same failover harness on real etcd, Consul and ZooKeeper
+## servers in containers (needs Docker and `make images`).
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime=3x -timeout 60m ./core/...
 	$(GO) test -run '^$$' -bench Failover -benchtime=5x -timeout 30m ./backends/etcd/
+	TESTCONTAINERS_RYUK_DISABLED=true $(GO) test -tags integration -run '^$$' -bench Failover -benchtime=5x -timeout 30m ./integration/
 
 ## soak: many more seeded schedules than `make test`, from a new first
 ## seed each time (FIRST=N SEEDS=M to choose), plus the largest shape.
