@@ -5,72 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"slices"
-	"sync"
 	"sync/atomic"
 
 	"google.golang.org/grpc/credentials"
+
+	"github.com/concordha/concord/backends/internal/tlsfiles"
 )
 
-// connErrors remembers, for each server address, why the latest TLS
-// connection to it failed before it carried anything: a handshake the
-// client refused (a certificate its CA does not verify), or one the
-// server refused (no client certificate, or one it does not trust),
-// which TLS 1.3 reports only after the client's side of the handshake,
-// as the error of the first read, or as a write or read on a connection
-// the server has already closed. clientv3 keeps redialling such a
-// server, and a call then ends only with its context, saying nothing of
-// why; convertError adds these errors to it. An address is forgotten
-// once a connection to it works.
-type connErrors struct {
-	mu   sync.Mutex
-	last map[string]connError
-}
-
-type connError struct {
-	err error
-	// vague: the server closed the connection without saying why; a
-	// clearer error of an earlier attempt is kept.
-	vague bool
-}
-
-func (c *connErrors) fail(addr string, err error, vague bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.last == nil {
-		c.last = make(map[string]connError)
-	}
-	if old, ok := c.last[addr]; ok && vague && !old.vague {
-		return
-	}
-	c.last[addr] = connError{err: err, vague: vague}
-}
-
-func (c *connErrors) ok(addr string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.last, addr)
-}
-
-// err joins the errors of every address that has no working connection
-// since, in the order of the addresses; nil if there are none.
-func (c *connErrors) err() error {
-	if c == nil {
-		return nil
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	addrs := make([]string, 0, len(c.last))
-	for a := range c.last {
-		addrs = append(addrs, a)
-	}
-	slices.Sort(addrs)
-	errs := make([]error, len(addrs))
-	for i, a := range addrs {
-		errs[i] = c.last[a].err
-	}
-	return errors.Join(errs...)
-}
+// connErrors remembers why the TLS connections to each member fail
+// (see tlsfiles.ConnErrors): clientv3 keeps redialling such a member, and
+// a call then ends only with its context; convertError adds these errors
+// to it. TLS 1.3 reports a handshake the server refused only after the
+// client's side of it, as the error of the first read, or as a write or
+// read on a connection the server has already closed: conn records those.
+type connErrors = tlsfiles.ConnErrors
 
 // recordingCreds are TLS transport credentials that tell connErrors how
 // each connection's handshake and first read went.
@@ -84,7 +32,7 @@ func (r recordingCreds) ClientHandshake(ctx context.Context, authority string, r
 	conn, info, err := r.TransportCredentials.ClientHandshake(ctx, authority, raw)
 	if err != nil {
 		if ctx.Err() == nil {
-			r.errs.fail(addr, fmt.Errorf("TLS handshake with %s: %w", addr, err), false)
+			r.errs.Fail(addr, fmt.Errorf("TLS handshake with %s: %w", addr, err), false)
 		}
 		return nil, nil, err
 	}
@@ -110,7 +58,7 @@ func (c *firstReadConn) Read(p []byte) (int, error) {
 	if (n > 0 || err != nil) && c.done.CompareAndSwap(false, true) {
 		switch {
 		case n > 0:
-			c.errs.ok(c.addr)
+			c.errs.OK(c.addr)
 		case !errors.Is(err, net.ErrClosed): // closed by the client
 			c.failed(err)
 		}
@@ -132,8 +80,8 @@ func (c *firstReadConn) Write(p []byte) (int, error) {
 func (c *firstReadConn) failed(err error) {
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "remote error" {
-		c.errs.fail(c.addr, fmt.Errorf("TLS connection to %s: %w", c.addr, err), false)
+		c.errs.Fail(c.addr, fmt.Errorf("TLS connection to %s: %w", c.addr, err), false)
 		return
 	}
-	c.errs.fail(c.addr, fmt.Errorf("TLS connection to %s closed by the server right after the handshake (as when it requires a client certificate and got none, or one it does not trust): %w", c.addr, err), true)
+	c.errs.Fail(c.addr, fmt.Errorf("TLS connection to %s closed by the server right after the handshake (as when it requires a client certificate and got none, or one it does not trust): %w", c.addr, err), true)
 }

@@ -54,7 +54,7 @@ func (s *Store) convertError(ctx context.Context, op, key string, err error) err
 		if !errors.Is(err, ctx.Err()) {
 			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
 		}
-		if cerr := s.conns.err(); cerr != nil {
+		if cerr := s.conns.Err(); cerr != nil {
 			err = fmt.Errorf("%w: %w", err, noConnection(cerr))
 		}
 		return fmt.Errorf("%s: %w", what, err)

@@ -154,7 +154,7 @@ func New(cfg Config) (*Store, error) {
 		kind := classify(err)
 		if kind == nil && errors.Is(err, context.DeadlineExceeded) {
 			kind = core.ErrUnavailable
-			if cerr := conns.err(); cerr != nil {
+			if cerr := conns.Err(); cerr != nil {
 				err = fmt.Errorf("%w: %w", err, noConnection(cerr))
 			}
 		}

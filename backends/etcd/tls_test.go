@@ -231,34 +231,3 @@ func TestTLSSystemRoots(t *testing.T) {
 	_, err = st.Get(ctx, "/k")
 	checkRefused(t, "Get", err, context.DeadlineExceeded, "certificate signed by unknown authority", true)
 }
-
-// TestConnErrors: a vague error (the server closed the connection) does
-// not hide a clear one of an earlier attempt; a working connection
-// clears its address.
-func TestConnErrors(t *testing.T) {
-	var c connErrors
-	if err := c.err(); err != nil {
-		t.Fatalf("empty: %v", err)
-	}
-	clear1 := errors.New("remote error: tls: certificate required")
-	c.fail("a:1", clear1, false)
-	c.fail("a:1", errors.New("broken pipe"), true)
-	c.fail("b:2", errors.New("EOF"), true)
-	if err := c.err(); !errors.Is(err, clear1) || !strings.Contains(err.Error(), "EOF") || strings.Contains(err.Error(), "broken pipe") {
-		t.Errorf("err() = %v, want the clear error of a:1 and the vague one of b:2", err)
-	}
-	clear2 := errors.New("x509: certificate signed by unknown authority")
-	c.fail("b:2", clear2, false)
-	c.ok("a:1")
-	if err := c.err(); errors.Is(err, clear1) || !errors.Is(err, clear2) || strings.Contains(err.Error(), "EOF") {
-		t.Errorf("err() = %v, want only the clear error of b:2", err)
-	}
-	c.ok("b:2")
-	if err := c.err(); err != nil {
-		t.Errorf("err() after every address worked = %v, want nil", err)
-	}
-	var none *connErrors
-	if err := none.err(); err != nil {
-		t.Errorf("nil connErrors: %v", err)
-	}
-}

@@ -8,10 +8,10 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"slices"
-	"sync"
 	"sync/atomic"
 	"syscall"
+
+	"github.com/concordha/concord/backends/internal/tlsfiles"
 )
 
 // secure is the TLS of a Store's connections (Config.TLS): the client
@@ -25,55 +25,20 @@ type secure struct {
 	cfg     *tls.Config
 	hasCert bool // Config.TLS has a client certificate
 
-	mu   sync.Mutex
-	last map[string]connError
-}
-
-type connError struct {
-	err error
-	// vague: the server closed the connection without saying why; a
-	// clearer error of an earlier attempt is kept.
-	vague bool
+	errs tlsfiles.ConnErrors
 }
 
 func newSecure(cfg *tls.Config) *secure {
-	return &secure{cfg: cfg, hasCert: cfg.GetClientCertificate != nil, last: make(map[string]connError)}
+	return &secure{cfg: cfg, hasCert: cfg.GetClientCertificate != nil}
 }
 
-func (t *secure) fail(addr string, err error, vague bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if old, ok := t.last[addr]; ok && vague && !old.vague {
-		return
-	}
-	t.last[addr] = connError{err: err, vague: vague}
-}
-
-func (t *secure) ok(addr string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	delete(t.last, addr)
-}
-
-// err joins the errors of the addresses with no working connection
-// since, in the order of the addresses; nil if there are none (or
-// without TLS).
+// err joins why the connections to each server fail; nil if none do,
+// or without TLS.
 func (t *secure) err() error {
 	if t == nil {
 		return nil
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	addrs := make([]string, 0, len(t.last))
-	for a := range t.last {
-		addrs = append(addrs, a)
-	}
-	slices.Sort(addrs)
-	errs := make([]error, len(addrs))
-	for i, a := range addrs {
-		errs[i] = t.last[a].err
-	}
-	return errors.Join(errs...)
+	return t.errs.Err()
 }
 
 // withConnErrors adds to err, a call's failure to reach ZooKeeper, why
@@ -109,7 +74,7 @@ func (s *Store) dial(ctx context.Context, network, addr string) (net.Conn, error
 		_ = raw.Close()
 		err = fmt.Errorf("TLS handshake with %s failed: %s: %w", addr, s.sec.why(err), err)
 		if ctx.Err() == nil {
-			s.sec.fail(addr, err, false)
+			s.sec.errs.Fail(addr, err, false)
 		}
 		return nil, err
 	}
@@ -170,7 +135,7 @@ func (c *firstReadConn) Read(p []byte) (int, error) {
 	if (n > 0 || err != nil) && c.done.CompareAndSwap(false, true) {
 		switch {
 		case n > 0:
-			c.sec.ok(c.addr)
+			c.sec.errs.OK(c.addr)
 		case errors.Is(err, net.ErrClosed), errors.Is(err, syscall.ETIMEDOUT), isTimeout(err):
 			// Closed by the client, or no answer: nothing about TLS.
 		default:
@@ -196,11 +161,11 @@ func (c *firstReadConn) Write(p []byte) (int, error) {
 func (c *firstReadConn) failed(err error) {
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "remote error" {
-		c.sec.fail(c.addr, fmt.Errorf("TLS connection to %s refused by the server after the handshake, %s: %w", c.addr, c.sec.refusalHint(), err), false)
+		c.sec.errs.Fail(c.addr, fmt.Errorf("TLS connection to %s refused by the server after the handshake, %s: %w", c.addr, c.sec.refusalHint(), err), false)
 		return
 	}
 	if c.tls13 {
-		c.sec.fail(c.addr, fmt.Errorf("TLS connection to %s closed by the server right after the handshake, %s: %w", c.addr, c.sec.refusalHint(), err), true)
+		c.sec.errs.Fail(c.addr, fmt.Errorf("TLS connection to %s closed by the server right after the handshake, %s: %w", c.addr, c.sec.refusalHint(), err), true)
 	}
 }
 
