@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,25 +22,11 @@ import (
 	"github.com/concordha/concord/backends/storetest"
 	"github.com/concordha/concord/core"
 	"github.com/concordha/concord/internal/config"
+	"github.com/concordha/concord/internal/syncbuf"
 )
 
 // syncBuffer is a log sink that tests read while nodes write.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = syncbuf.Buffer
 
 // writeConfig writes a config file into a temporary directory.
 func writeConfig(t *testing.T, body string) string {
