@@ -77,6 +77,9 @@ func (c Config) Validate() error {
 		}
 		seen[s.Name] = true
 	}
+	if err := checkDependencies(c.Services); err != nil {
+		errs = append(errs, err)
+	}
 	if err := validatePrefix(c.Prefix); err != nil {
 		errs = append(errs, fmt.Errorf("config field Prefix: %w", err))
 	}
@@ -96,6 +99,41 @@ func (c Config) Validate() error {
 	}
 	if c.MaxInflight <= 0 {
 		errs = append(errs, fmt.Errorf("MaxInflight is %d: it must be positive", c.MaxInflight))
+	}
+	return errors.Join(errs...)
+}
+
+// checkDependencies checks the DependsOn fields of services: each names
+// another declared service, and no chain of them loops.
+func checkDependencies(svcs []ServiceConfig) error {
+	byName := map[string]ServiceConfig{}
+	for _, s := range svcs {
+		byName[s.Name] = s
+	}
+	var errs []error
+	for i, s := range svcs {
+		if s.DependsOn == "" {
+			continue
+		}
+		if s.DependsOn == s.Name {
+			errs = append(errs, fmt.Errorf("Services[%d] (%q) depends on itself: remove depends_on or name another service", i, s.Name))
+			continue
+		}
+		if _, ok := byName[s.DependsOn]; !ok {
+			errs = append(errs, fmt.Errorf("Services[%d] (%q) depends on %q, which this node does not provide: a node must provide a service's dependency too, so that their primaries can share it", i, s.Name, s.DependsOn))
+			continue
+		}
+		seen := map[string]bool{s.Name: true}
+		for cur := byName[s.DependsOn]; ; cur = byName[cur.DependsOn] {
+			if seen[cur.Name] {
+				errs = append(errs, fmt.Errorf("Services[%d] (%q): depends_on forms a cycle through %q: dependencies must form a tree", i, s.Name, cur.Name))
+				break
+			}
+			seen[cur.Name] = true
+			if cur.DependsOn == "" || byName[cur.DependsOn].Name == "" {
+				break
+			}
+		}
 	}
 	return errors.Join(errs...)
 }

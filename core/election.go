@@ -23,6 +23,10 @@ import (
 type service struct {
 	name string
 	prio int
+	// dep is the service this one depends on ("" if none); dependents
+	// are the services that depend on this one, sorted.
+	dep        string
+	dependents []string
 
 	// The newest primary record and roster this node knows of, from
 	// watches, reads and its own writes.
@@ -427,7 +431,7 @@ func (m *Machine) decide(s *service) {
 	// highest-ranked provider writes: its own variable (step 606) and every
 	// other one (step 612). With nobody else writing, its compare-and-sets
 	// meet no conflict, and the election takes three round trips.
-	el.top = provs[0].Node == me
+	el.top = provs[0].Node == me && m.mayHost(s)
 	if !el.top {
 		m.finish(s, OutcomeDisqualified)
 		return
@@ -456,13 +460,14 @@ func (m *Machine) needList(s *service) bool {
 // rank first.
 func (m *Machine) providers(s *service, prim recState, ros rosterState) []Rank {
 	var out []Rank
+	host := m.depHost(s)
 	for _, node := range sortedKeys(m.view.members) {
 		mem := m.view.members[node]
 		sv, ok := mem.Services[s.name]
 		if !ok {
 			continue
 		}
-		r := Rank{Class: ClassSpare, Priority: sv.Priority, Node: node}
+		r := Rank{Colocated: host != "" && node == host, Class: ClassSpare, Priority: sv.Priority, Node: node}
 		if prim.exists && !prim.bad && prim.rec.Node == "" && prim.rec.Resigned == node {
 			r.Class = ClassResigned
 		} else if ros.exists && !ros.bad && !m.mut.IgnoreRoster {
@@ -648,6 +653,11 @@ func (m *Machine) afterWrites(s *service) {
 // record makes a claim by a dead session impossible.
 func (m *Machine) claim(s *service) {
 	el := &s.el
+	if !m.mayHost(s) {
+		// We gave up the dependency while the round ran.
+		m.finish(s, OutcomeDisqualified)
+		return
+	}
 	el.phase = phClaiming
 	rec := PrimaryRecord{Node: m.cfg.Node, Session: m.session, Epoch: el.round.Epoch}
 	op := Op{Kind: OpCreate, Key: m.keys.Primary(s.name), Value: encode(rec)}
@@ -655,6 +665,12 @@ func (m *Machine) claim(s *service) {
 		op.Kind, op.Version = OpCAS, el.rPrim.kv.Version
 	}
 	op.Guards = []Guard{{Key: m.memberKV.Key, Version: m.memberKV.Version}}
+	if s.dep != "" {
+		// One multi-key transaction: the claim lands only while our
+		// claim of the dependency stands, so the two cannot part.
+		d := m.svcs[s.dep]
+		op.Guards = append(op.Guards, Guard{Key: m.keys.Primary(d.name), Version: d.claimKV.Version})
+	}
 	m.issue(s, pendingOp{kind: opClaim}, op)
 }
 
@@ -686,6 +702,13 @@ func (m *Machine) demote(s *service) {
 	s.token = 0
 	s.claimKV = KV{}
 	m.failRoster(s, ErrNotPrimary)
+	// Dependents move with their dependency: give them up too, so that
+	// the dependency's next primary can claim them.
+	for _, d := range s.dependents {
+		if ds := m.svcs[d]; ds.primary && m.session != "" {
+			_ = m.Resign(d)
+		}
+	}
 }
 
 func (m *Machine) finish(s *service, o Outcome) {
@@ -795,6 +818,7 @@ func (m *Machine) observePrimaryKV(s *service, st recState) {
 		s.token = st.kv.Revision
 		s.claimKV = st.kv
 		m.pruneRoster(s)
+		m.startDependents(s)
 		if !s.el.running() {
 			// Tell every provider, in the current view's round (steps
 			// 620-624).
@@ -821,6 +845,45 @@ func (m *Machine) observePrimary(s *service, kv KV) {
 		return
 	}
 	m.observePrimaryKV(s, m.decodePrimaryKV(kv))
+}
+
+// depHost returns the node that is the live primary of the service s
+// depends on, or "" (no dependency, or no live primary for it).
+func (m *Machine) depHost(s *service) string {
+	if s.dep == "" {
+		return ""
+	}
+	d := m.svcs[s.dep]
+	if d.primary {
+		return m.cfg.Node
+	}
+	if node, sess, ok := d.prim.named(); ok && m.view.live(node, sess) {
+		return node
+	}
+	return ""
+}
+
+// mayHost reports whether this node may claim s: always, unless s
+// depends on a service whose primary this node is not.
+func (m *Machine) mayHost(s *service) bool {
+	return s.dep == "" || m.svcs[s.dep].primary
+}
+
+// startDependents runs the elections of the services that depend on s,
+// which this node has just become primary of: it is now the only node
+// that may claim them.
+func (m *Machine) startDependents(s *service) {
+	for _, d := range s.dependents {
+		ds := m.svcs[d]
+		switch {
+		case ds.primary || ds.resigning || ds.el.phase == phClaiming:
+		case ds.el.running():
+			// Its reads may predate our claim: read again.
+			m.restart(ds)
+		default:
+			m.start(ds)
+		}
+	}
 }
 
 func (m *Machine) primaryLive(s *service) bool {

@@ -80,6 +80,12 @@ type ServiceConfig struct {
 	// Priority breaks ties between providers of the same role and
 	// freshness: higher wins.
 	Priority int
+	// DependsOn names another service this node provides, whose primary
+	// this service's primary must share (design.md, "Dependencies"). Only
+	// the node that is the dependency's primary may claim this service;
+	// it does so once it holds the dependency, and gives this service up
+	// whenever it stops being the dependency's primary. Empty: none.
+	DependsOn string
 }
 
 // Request is a store operation the Machine wants run. Run it (alone, in
@@ -238,10 +244,18 @@ func NewMachine(cfg MachineConfig) (*Machine, error) {
 		if _, dup := m.svcs[sc.Name]; dup {
 			return nil, fmt.Errorf("service %q is declared twice: declare each service once", sc.Name)
 		}
-		m.svcs[sc.Name] = &service{name: sc.Name, prio: sc.Priority}
+		m.svcs[sc.Name] = &service{name: sc.Name, prio: sc.Priority, dep: sc.DependsOn}
 		m.names = append(m.names, sc.Name)
 	}
+	if err := checkDependencies(cfg.Services); err != nil {
+		return nil, err
+	}
 	sort.Strings(m.names)
+	for _, n := range m.names {
+		if d := m.svcs[n].dep; d != "" {
+			m.svcs[d].dependents = append(m.svcs[d].dependents, n)
+		}
+	}
 	return m, nil
 }
 
@@ -253,7 +267,7 @@ func (m *Machine) Node() string { return m.cfg.Node }
 func (m *Machine) MemberRecord(session, address string) (key string, value []byte) {
 	rec := MemberRecord{Node: m.cfg.Node, Session: session, Address: address, Services: map[string]ServiceRecord{}}
 	for _, n := range m.names {
-		rec.Services[n] = ServiceRecord{Priority: m.svcs[n].prio}
+		rec.Services[n] = ServiceRecord{Priority: m.svcs[n].prio, DependsOn: m.svcs[n].dep}
 	}
 	return m.keys.Member(m.cfg.Node), encode(rec)
 }

@@ -48,9 +48,13 @@ const (
 // (design.md, claims 2 and 11): role first (primary > secondary > spare),
 // then checkpoint freshness among secondaries, then configured priority
 // (higher first), then node ID (lexicographically smaller first). Ranks
-// are unique because node IDs are.
+// are unique because node IDs are. For a service that depends on another,
+// hosting the dependency's live primary comes before all of these.
 type Rank struct {
-	Class RankClass `json:"class"`
+	// Colocated: the provider hosts the live primary of the service this
+	// one depends on. Only such a provider may become primary.
+	Colocated bool      `json:"colocated,omitempty"`
+	Class     RankClass `json:"class"`
 	// Freshness of the provider's state: the fencing token of the primary
 	// whose checkpoint it acknowledged, then that checkpoint's sequence
 	// number. Zero for spares.
@@ -64,6 +68,11 @@ type Rank struct {
 // are the same rank (the same node).
 func (r Rank) Compare(o Rank) int {
 	switch {
+	case r.Colocated != o.Colocated:
+		if r.Colocated {
+			return 1
+		}
+		return -1
 	case r.Class != o.Class:
 		return sign(int64(r.Class) - int64(o.Class))
 	case r.FreshToken != o.FreshToken:

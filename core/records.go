@@ -21,6 +21,8 @@ type MemberRecord struct {
 // provides.
 type ServiceRecord struct {
 	Priority int `json:"priority"`
+	// DependsOn is the service whose primary this one's must share.
+	DependsOn string `json:"depends_on,omitempty"`
 }
 
 // PrimaryRecord is the commit point of a service's elections. Its
