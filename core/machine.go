@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"iter"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"time"
 
@@ -649,4 +650,29 @@ func (m *Machine) backoff(failures int) time.Duration {
 	d = min(d, m.cfg.RetryMax)
 	// Jitter in [d/2, d) keeps retrying nodes from moving in lockstep.
 	return d/2 + time.Duration(m.rng.Int64N(int64(d/2)+1))
+}
+
+// Members returns the membership view: the live members, by node ID.
+func (m *Machine) Members() map[string]MemberRecord {
+	out := make(map[string]MemberRecord, len(m.view.members))
+	for k, v := range m.view.members {
+		out[k] = v
+	}
+	return out
+}
+
+// Roster returns the newest roster this node knows for the service: zero
+// if there is none yet, or if the stored one cannot be decoded.
+// Errors: ErrUnknownService.
+func (m *Machine) Roster(service string) (RosterRecord, error) {
+	s, ok := m.svcs[service]
+	if !ok {
+		return RosterRecord{}, fmt.Errorf("%w: %q", ErrUnknownService, service)
+	}
+	if !s.ros.exists || s.ros.bad {
+		return RosterRecord{}, nil
+	}
+	r := s.ros.rec
+	r.Secondaries = slices.Clone(r.Secondaries)
+	return r, nil
 }

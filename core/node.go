@@ -223,6 +223,27 @@ func (n *Node) roster(ctx context.Context, f func() (uint64, error)) error {
 	}
 }
 
+// Members returns the node's membership view: the live members, by node
+// ID, with the addresses and services they published.
+// Errors: ctx's error; ErrClosed.
+func (n *Node) Members(ctx context.Context) (map[string]MemberRecord, error) {
+	var out map[string]MemberRecord
+	err := n.call(ctx, func() { out = n.m.Members() })
+	return out, err
+}
+
+// Roster returns the newest roster the node knows for the service: which
+// providers are secondaries and which checkpoint each acknowledged.
+// Errors: ErrUnknownService; ctx's error; ErrClosed.
+func (n *Node) Roster(ctx context.Context, service string) (RosterRecord, error) {
+	var out RosterRecord
+	var rerr error
+	if err := n.call(ctx, func() { out, rerr = n.m.Roster(service) }); err != nil {
+		return RosterRecord{}, err
+	}
+	return out, rerr
+}
+
 // StepDown leaves the cluster gracefully: the node resigns every service
 // it is primary of, so that successors are elected without waiting for the
 // session TTL, then closes its session and stops.
