@@ -14,7 +14,11 @@
 //     the line when known, or the CONCORD_* variable that overrode it),
 //     then names the key path (e.g. store.session_ttl) and says how to fix
 //     it. All problems found in one pass are reported together.
-//   - Secrets (store.auth.password, token, digest) never appear in errors.
+//   - Secrets (store.auth.password, token, digest, and the contents of
+//     cluster.secret_file) never appear in errors.
+//   - Agent commands and directories are absolute in the returned File:
+//     relative ones are resolved against the working directory at Load,
+//     where they were checked.
 //
 // Every key can be overridden from the environment with CONCORD_ followed
 // by the upper-cased key path, levels joined by "_" (store.session_ttl is

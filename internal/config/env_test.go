@@ -108,7 +108,7 @@ func TestEnvServices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Service{{Name: "db", Priority: 10}, {Name: "cache"}, {Name: "web", Priority: -2}}
+	want := []Service{filled(Service{Name: "db", Priority: 10}), filled(Service{Name: "cache"}), filled(Service{Name: "web", Priority: -2})}
 	if !reflect.DeepEqual(f.Services, want) {
 		t.Errorf("services %+v; want %+v (replacing the file's)", f.Services, want)
 	}

@@ -28,6 +28,9 @@ type sources struct {
 	duplicate bool
 	// unknownEnv holds warnings about CONCORD_ variables that match no key.
 	unknownEnv []string
+	// mapKeys maps the path of a map of free-form names (agent params) to
+	// its names as the file spells them.
+	mapKeys map[string][]string
 }
 
 // fieldError is one problem with one key: where it came from, which key,
@@ -111,6 +114,7 @@ func (e *badValue) Error() string { return "the value does not fit the key's typ
 // valueProblem explains why got does not fit the key at path, of type t,
 // and what to write instead. Secrets are not shown.
 func valueProblem(path string, t reflect.Type, got any) string {
+	t = deref(t)
 	shown := show(got)
 	if isSecret(path) {
 		shown = "the value (" + kindOf(got) + ")"
@@ -147,6 +151,8 @@ func valueProblem(path string, t reflect.Type, got any) string {
 		return fmt.Sprintf("%s is not a list of strings; write e.g. [a, b]", shown)
 	case isSectionList(t):
 		return fmt.Sprintf("%s is not a list; write one \"- name: ...\" item per entry", shown)
+	case t.Kind() == reflect.Map:
+		return fmt.Sprintf("%s is not a section of names and values; write them on the lines below %s, indented, e.g. listen: 127.0.0.1:8001", shown, path)
 	case isSection(t) && strings.HasSuffix(path, "]"):
 		if isStr {
 			return fmt.Sprintf("%s is not a section; write the item as keys, e.g. - name: %v", shown, got)
@@ -170,7 +176,36 @@ func exampleDuration(path string) string {
 			return d.String()
 		}
 	}
+	if d, ok := serviceDurationDefault(path); ok {
+		return d.String()
+	}
 	return "10s"
+}
+
+// serviceDurationDefault is the default of a duration key of a services
+// item, such as services[1].agent.timeouts.start.
+func serviceDurationDefault(path string) (time.Duration, bool) {
+	if !strings.HasPrefix(path, "services[") {
+		return 0, false
+	}
+	s := Service{Agent: &ServiceAgent{}}.withDefaults()
+	_, rest, _ := strings.Cut(path, "].")
+	v := reflect.ValueOf(s)
+	for part := range strings.SplitSeq(rest, ".") {
+		v = reflect.Indirect(v)
+		if v.Kind() != reflect.Struct {
+			return 0, false
+		}
+		sf, ok := childKey(v.Type(), part)
+		if !ok {
+			return 0, false
+		}
+		v = v.FieldByIndex(sf.Index)
+	}
+	if v = reflect.Indirect(v); !v.IsValid() || v.Type() != durationType {
+		return 0, false
+	}
+	return time.Duration(v.Int()), true
 }
 
 // show renders a value found in the file or environment for a message.

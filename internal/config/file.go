@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"os"
 	"strings"
 	"time"
@@ -52,16 +53,72 @@ type Node struct {
 	// ID is this node's unique, stable ID (core.ValidateName rules).
 	// Required.
 	ID string `mapstructure:"id"`
-	// Address is published in the member record for clients and peers.
-	// Optional and free-form, e.g. 10.0.0.1:7000.
+	// Address is the host:port where peers reach this node's API, and is
+	// published in the member record for clients and peers. Empty means
+	// API.Listen. Without an API it is optional and free-form.
 	Address string `mapstructure:"address"`
+	// DataDir holds node-local state: checkpoint spools and the stamps of
+	// the last checkpoints applied. Relative to the working directory
+	// unless absolute. Default "concord-node-<node.id>".
+	DataDir string `mapstructure:"data_dir"`
+	// API is the node's HTTP API, which peers fetch checkpoints from and
+	// local agents call.
+	API API `mapstructure:"api"`
 }
+
+// API configures the node's HTTP API.
+type API struct {
+	// Listen is the host:port the API listens on (":7101" or
+	// "0.0.0.0:7101" for every interface). Required when any service has
+	// an agent; empty means no API.
+	Listen string `mapstructure:"listen"`
+	// TLS, once any of its keys is set, serves the API over mutual TLS
+	// only, and calls peers' APIs with it.
+	TLS APITLS `mapstructure:"tls"`
+}
+
+// APITLS is node.api.tls: mutual TLS between the nodes' APIs. Every node
+// serves its certificate, presents it when it calls a peer, and checks the
+// peer's against CAFile; so the certificate must allow both server and
+// client authentication and name the host of the address peers dial
+// (node.address, else node.api.listen). All three files are required once
+// any is set. The files are PEM; relative paths start at the working
+// directory.
+type APITLS struct {
+	CertFile string `mapstructure:"cert_file"`
+	KeyFile  string `mapstructure:"key_file"`
+	CAFile   string `mapstructure:"ca_file"`
+}
+
+// Enabled reports whether any key is set, which turns TLS on.
+func (t APITLS) Enabled() bool { return t != APITLS{} }
 
 // Cluster holds what all nodes of one cluster share.
 type Cluster struct {
 	// Prefix is the key root of the cluster in the store; it must end
 	// with "/". Default "concord/".
 	Prefix string `mapstructure:"prefix"`
+	// SecretFile holds the secret that authenticates the nodes' APIs to
+	// each other, the same on every node: at least MinSecretLen bytes
+	// once surrounding white space is trimmed. Required when
+	// node.api.listen is set. The secret itself never appears in errors.
+	SecretFile string `mapstructure:"secret_file"`
+}
+
+// MinSecretLen is the shortest cluster secret accepted, in bytes.
+const MinSecretLen = 16
+
+// SecretValue returns the contents of SecretFile without surrounding white
+// space; nil, and no error, when SecretFile is empty.
+func (c Cluster) SecretValue() ([]byte, error) {
+	if c.SecretFile == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(c.SecretFile)
+	if err != nil {
+		return nil, err
+	}
+	return bytes.TrimSpace(b), nil
 }
 
 // Store says which store holds the election state and how to talk to it.
@@ -257,13 +314,83 @@ func (t EmbeddedClientTLS) NodeClientCert() (certFile, keyFile string) {
 	return t.CertFile, t.KeyFile
 }
 
+// ReservedServicePrefix starts the names of concord's own services; no
+// configured service may use it.
+const ReservedServicePrefix = "concord."
+
 // Service is one service this node provides.
+//
+// The pointer fields are nil when the file leaves the key out, and Load
+// then sets them to their defaults (see ServiceDefaults), so that an
+// explicit 0 in the file stays an explicit 0 (valid for secondaries and
+// max_restarts, refused for the durations). In a File built in code, nil
+// means the default.
 type Service struct {
-	// Name is unique in the cluster (core.ValidateName rules).
+	// Name is unique in the cluster (core.ValidateName rules), and must
+	// not start with ReservedServicePrefix.
 	Name string `mapstructure:"name"`
 	// Priority breaks ties among equally ranked providers: higher wins.
 	// Default 0.
 	Priority int `mapstructure:"priority"`
+	// DependsOn names another service of this node's list whose primary
+	// this one's must share. Optional.
+	DependsOn string `mapstructure:"depends_on"`
+	// Secondaries is how many secondaries the service should have (nodes
+	// that receive its checkpoints). At least 0; default 1.
+	Secondaries *int `mapstructure:"secondaries"`
+	// SyncAcks is how many secondaries must acknowledge a synchronous
+	// checkpoint before it completes: 0 to Secondaries. Default 0.
+	SyncAcks int `mapstructure:"sync_acks"`
+	// CheckpointInterval is how often the primary sends a checkpoint to
+	// its secondaries. Positive; default 5s.
+	CheckpointInterval *time.Duration `mapstructure:"checkpoint_interval"`
+	// MonitorInterval is how often the agent's monitor action runs.
+	// Positive; default 5s.
+	MonitorInterval *time.Duration `mapstructure:"monitor_interval"`
+	// MaxRestarts is how many local restarts within RestartWindow the node
+	// tries before it resigns the service. At least 0; default 3.
+	MaxRestarts *int `mapstructure:"max_restarts"`
+	// RestartWindow is the window MaxRestarts counts in. Positive;
+	// default 5m.
+	RestartWindow *time.Duration `mapstructure:"restart_window"`
+	// Agent is the service's resource agent; nil makes the service
+	// election-only: concord elects its primary and runs nothing.
+	Agent *ServiceAgent `mapstructure:"agent"`
+}
+
+// ServiceAgent is services[].agent: the resource agent concord runs for
+// each action of the service (start, stop, promote, demote, monitor,
+// checkpoint, restore).
+type ServiceAgent struct {
+	// Command is the agent's executable: a path (relative paths start at
+	// the working directory, not at Dir), or a bare name looked up in
+	// PATH. Required. Load checks that it is an executable file, and
+	// replaces it with its absolute path.
+	Command string `mapstructure:"command"`
+	// Args go before the action name: Command Args... ACTION.
+	Args []string `mapstructure:"args"`
+	// Dir is the working directory of every action; empty is concord's.
+	// It must exist. Load makes it absolute.
+	Dir string `mapstructure:"dir"`
+	// Params are passed to the agent in its environment as
+	// CONCORD_PARAM_<NAME> (and OCF_RESKEY_<name>). Names hold letters,
+	// digits and '_' only, and must differ in more than case.
+	Params map[string]string `mapstructure:"params"`
+	// Timeouts bound each action.
+	Timeouts AgentTimeouts `mapstructure:"timeouts"`
+}
+
+// AgentTimeouts is services[].agent.timeouts: how long each action may
+// run before it is killed and fails. Each is positive; nil means the
+// default (see AgentDefaults), and Load fills it.
+type AgentTimeouts struct {
+	Start      *time.Duration `mapstructure:"start"`
+	Stop       *time.Duration `mapstructure:"stop"`
+	Promote    *time.Duration `mapstructure:"promote"`
+	Demote     *time.Duration `mapstructure:"demote"`
+	Monitor    *time.Duration `mapstructure:"monitor"`
+	Checkpoint *time.Duration `mapstructure:"checkpoint"`
+	Restore    *time.Duration `mapstructure:"restore"`
 }
 
 // Log configures the logger that Logger builds.
@@ -282,8 +409,10 @@ var (
 
 // Defaults returns the values Load uses for keys that neither the file nor
 // the environment set. Defaults that depend on other keys are not here:
-// store.keepalive_interval (0 means session_ttl/3) and store.embedded.*
-// (filled only for the embedded store; name defaults to node.id).
+// store.keepalive_interval (0 means session_ttl/3), store.embedded.*
+// (filled only for the embedded store; name defaults to node.id),
+// node.data_dir ("concord-node-" + node.id) and the keys of the items of
+// services (see ServiceDefaults and AgentDefaults).
 func Defaults() File {
 	c := core.DefaultConfig()
 	return File{
@@ -310,12 +439,34 @@ const (
 	DefaultClusterToken = "concord"
 )
 
-// fillDerived sets the defaults that depend on other keys.
+// fillDerived sets the defaults that depend on other keys, and those of
+// the items of services.
 func (f *File) fillDerived() {
 	f.Store.KeepaliveInterval = f.Store.effectiveKeepalive()
 	if f.Store.Type == StoreEmbedded {
 		f.Store.Embedded = f.Store.Embedded.withDefaults(f.Node.ID)
 	}
+	f.Node.DataDir = f.nodeDataDir()
+	for i := range f.Services {
+		f.Services[i] = f.Services[i].withDefaults()
+	}
+}
+
+// nodeDataDir is node.data_dir, or its default.
+func (f *File) nodeDataDir() string {
+	if f.Node.DataDir == "" && f.Node.ID != "" {
+		return DefaultNodeDataDirPrefix + f.Node.ID
+	}
+	return f.Node.DataDir
+}
+
+// advertise is the address peers reach this node's API at: node.address,
+// else node.api.listen.
+func (f *File) advertise() string {
+	if f.Node.Address != "" {
+		return f.Node.Address
+	}
+	return f.Node.API.Listen
 }
 
 func setIfEmpty(p *string, v string) {
@@ -325,16 +476,16 @@ func setIfEmpty(p *string, v string) {
 }
 
 // CoreConfig returns the node configuration for core.Start: the fields the
-// file sets, and core.DefaultConfig for the rest (MaxInflight, Clock,
+// file sets (Address is node.address, else node.api.listen), and core.DefaultConfig for the rest (MaxInflight, Clock,
 // Logger, OnElection), which the caller may still change.
 func (f *File) CoreConfig() core.Config {
 	c := core.DefaultConfig()
 	c.NodeID = f.Node.ID
-	c.Address = f.Node.Address
+	c.Address = f.advertise()
 	c.Prefix = f.Cluster.Prefix
 	c.Services = make([]core.ServiceConfig, len(f.Services))
 	for i, s := range f.Services {
-		c.Services[i] = core.ServiceConfig{Name: s.Name, Priority: s.Priority}
+		c.Services[i] = core.ServiceConfig{Name: s.Name, Priority: s.Priority, DependsOn: s.DependsOn}
 	}
 	c.SessionTTL = f.Store.SessionTTL
 	c.OpTimeout = f.Store.OpTimeout

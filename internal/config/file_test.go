@@ -137,18 +137,36 @@ func TestSecretValues(t *testing.T) {
 }
 
 // TestExamples loads every file in configs/: each must be valid, draw no
-// warnings but those expected, and be free of absolute paths.
+// warnings but those expected, and be free of absolute paths. They load
+// in a directory set up as their comments say: the kvstore examples need
+// ./kvstore and cluster.secret there.
 func TestExamples(t *testing.T) {
 	// The embedded cluster shows peer_tls commented out: its files cannot
-	// exist here. Without it, the plaintext peer traffic draws a warning.
+	// exist here. Without it, the plaintext peer traffic draws a warning;
+	// so does that of the kvstore nodes, on loopback.
 	expected := map[string]string{
 		"embedded-cluster.yaml": "store.embedded.peer_url: http://10.0.0.1:2380 is not https, so the traffic between the members of store.embedded.initial_cluster is unencrypted and unauthenticated",
+		"kvstore-node-a.yaml":   "store.embedded.peer_url: http://127.0.0.1:2380 is not https",
+		"kvstore-node-b.yaml":   "store.embedded.peer_url: http://127.0.0.1:22380 is not https",
+		"kvstore-node-c.yaml":   "store.embedded.peer_url: http://127.0.0.1:32380 is not https",
 	}
 	files, err := filepath.Glob("../../configs/*.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"local.yaml", "embedded-cluster.yaml", "etcd.yaml", "consul.yaml", "zookeeper.yaml"} {
+	for i, f := range files {
+		if files[i], err = filepath.Abs(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	writeExecutable(t, filepath.Join(dir, "kvstore"))
+	if err := os.WriteFile(filepath.Join(dir, "cluster.secret"), []byte("c2VjcmV0IHNlY3JldCBzZWNyZXQgc2VjcmV0IHNlY3I=\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	for _, want := range []string{"local.yaml", "embedded-cluster.yaml", "etcd.yaml", "consul.yaml", "zookeeper.yaml",
+		"kvstore-node-a.yaml", "kvstore-node-b.yaml", "kvstore-node-c.yaml"} {
 		found := false
 		for _, f := range files {
 			found = found || filepath.Base(f) == want
@@ -193,6 +211,9 @@ func TestDocs(t *testing.T) {
 	}
 	doc := string(raw)
 	want := []string{"`services`", "`services[].name`", "`services[].priority`", ServicesEnv}
+	for _, k := range serviceKeys() {
+		want = append(want, "`services[]."+k+"`")
+	}
 	for _, l := range leaves {
 		want = append(want, "`"+l.path+"`", l.env)
 	}

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -46,3 +47,34 @@ node:
 services:
   - name: db
 `
+
+// filled returns s with the defaults Load fills in.
+func filled(s Service) Service { return s.withDefaults() }
+
+// writeExecutable writes a shell script that does nothing to path, mode
+// 0755.
+func writeExecutable(t *testing.T, path string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// serviceKeys lists the keys of a services item below its own level
+// (priority, agent.command, agent.timeouts.start, ...), from the schema.
+func serviceKeys() []string {
+	var walk func(t reflect.Type, prefix string) []string
+	walk = func(t reflect.Type, prefix string) []string {
+		var out []string
+		for _, k := range childKeys(t) {
+			sf, _ := childKey(t, k)
+			if ft := deref(sf.Type); isSection(ft) {
+				out = append(out, walk(ft, prefix+k+".")...)
+				continue
+			}
+			out = append(out, prefix+k)
+		}
+		return out
+	}
+	return walk(reflect.TypeFor[Service](), "")
+}

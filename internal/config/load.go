@@ -43,6 +43,7 @@ func LoadEnv(path string, environ []string) (*File, error) {
 	if err := f.Validate(); err != nil {
 		return nil, err
 	}
+	f.resolveAgentPaths()
 	return f, nil
 }
 
@@ -99,6 +100,9 @@ func decode(path string, environ []string) (*File, error) {
 	errs := slices.Concat(keyErrs, f.decodeErrors(decErr, len(keyErrs) > 0), envErrs)
 	if len(errs) > 0 {
 		return nil, errors.Join(sortByLine(errs)...)
+	}
+	if _, ok := f.src.env["services"]; !ok {
+		f.restoreMapKeys()
 	}
 	return f, nil
 }
@@ -178,6 +182,7 @@ func (f *File) walk(n *yaml.Node, t reflect.Type, path string, errs *[]error) {
 	if n == nil || n.Tag == "!!null" {
 		return
 	}
+	t = deref(t)
 	wrongKind := func(want yaml.Kind) bool {
 		if n.Kind == want {
 			return false
@@ -235,6 +240,68 @@ func (f *File) walk(n *yaml.Node, t reflect.Type, path string, errs *[]error) {
 	case t.Kind() == reflect.Slice && n.Kind == yaml.SequenceNode:
 		for i, item := range n.Content {
 			f.src.lines[fmt.Sprintf("%s[%d]", path, i)] = item.Line
+		}
+	case t.Kind() == reflect.Map && n.Kind == yaml.MappingNode:
+		f.walkMap(n, path, map[string]*yaml.Node{}, errs)
+	}
+}
+
+// walkMap records the names of a map of free-form names (agent params)
+// as the file spells them, since viper lower-cases every key, and their
+// lines; and it reports names that differ only in case, which viper would
+// silently merge. seen maps the lower-cased names to their first key.
+func (f *File) walkMap(n *yaml.Node, path string, seen map[string]*yaml.Node, errs *[]error) {
+	n = resolve(n)
+	if n == nil || n.Kind != yaml.MappingNode {
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k := n.Content[i]
+		if k.Tag == "!!merge" {
+			if m := resolve(n.Content[i+1]); m != nil && m.Kind == yaml.SequenceNode {
+				for _, item := range m.Content {
+					f.walkMap(item, path, seen, errs)
+				}
+			} else {
+				f.walkMap(m, path, seen, errs)
+			}
+			continue
+		}
+		child := path + "[" + k.Value + "]"
+		if first, dup := seen[strings.ToLower(k.Value)]; dup {
+			how := "keep one"
+			if first.Value != k.Value {
+				how = "names differing only in case are the same name to concord; rename one"
+			}
+			f.src.duplicate = f.src.duplicate || first.Value == k.Value
+			*errs = append(*errs, &fieldError{src: fmt.Sprintf("%s:%d", f.Path, k.Line), line: k.Line, field: child,
+				msg: fmt.Sprintf("given twice (also as %s on line %d); %s", first.Value, first.Line, how)})
+			continue
+		}
+		seen[strings.ToLower(k.Value)] = k
+		f.src.lines[child] = k.Line
+		if f.src.mapKeys == nil {
+			f.src.mapKeys = map[string][]string{}
+		}
+		f.src.mapKeys[path] = append(f.src.mapKeys[path], k.Value)
+	}
+}
+
+// restoreMapKeys gives the maps of free-form names back the spelling the
+// file uses, which viper lower-cased. Only agent params are such maps.
+func (f *File) restoreMapKeys() {
+	for i, s := range f.Services {
+		if s.Agent == nil || s.Agent.Params == nil {
+			continue
+		}
+		m := s.Agent.Params
+		for _, k := range f.src.mapKeys[fmt.Sprintf("services[%d].agent.params", i)] {
+			if lower := strings.ToLower(k); lower != k {
+				if v, ok := m[lower]; ok {
+					delete(m, lower)
+					m[k] = v
+				}
+			}
 		}
 	}
 }
@@ -406,7 +473,7 @@ func strictHook(from, to reflect.Type, data any) (any, error) {
 		if fk == reflect.Slice || fk == reflect.Array {
 			return data, nil
 		}
-	case to.Kind() == reflect.Struct:
+	case to.Kind() == reflect.Struct, to.Kind() == reflect.Map:
 		if fk == reflect.Map {
 			return data, nil
 		}

@@ -17,7 +17,8 @@ func TestLoadMinimalFillsDefaults(t *testing.T) {
 	want := Defaults()
 	want.Path = p
 	want.Node.ID = "node-a"
-	want.Services = []Service{{Name: "db"}}
+	want.Node.DataDir = "concord-node-node-a"
+	want.Services = []Service{filled(Service{Name: "db"})}
 	want.Store.KeepaliveInterval = 10 * time.Second / 3
 	want.Store.Embedded = Embedded{
 		DataDir:        "concord-data",
@@ -84,7 +85,7 @@ log:
 	}
 	want := File{
 		Path:    f.Path,
-		Node:    Node{ID: "n1", Address: "10.0.0.1:7000"},
+		Node:    Node{ID: "n1", Address: "10.0.0.1:7000", DataDir: "concord-node-n1"},
 		Cluster: Cluster{Prefix: "prod/ha/"},
 		Store: Store{
 			Type:              "etcd",
@@ -105,7 +106,7 @@ log:
 			},
 			Auth: Auth{Username: "concord", PasswordFile: filepath.Join(dir, "pw")},
 		},
-		Services: []Service{{Name: "db", Priority: 10}, {Name: "cache", Priority: -1}},
+		Services: []Service{filled(Service{Name: "db", Priority: 10}), filled(Service{Name: "cache", Priority: -1})},
 		Log:      Log{Level: "debug", Format: "json"},
 		src:      f.src,
 	}

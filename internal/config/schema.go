@@ -102,6 +102,17 @@ func isSectionList(t reflect.Type) bool {
 	return t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Struct
 }
 
+// deref strips pointers from t. The items of services hold pointers for
+// the keys whose absence matters (nil: the default); to the schema they
+// are the values they point to. Keys outside services hold no pointers,
+// so that every leaf can be reached with FieldByIndex.
+func deref(t reflect.Type) reflect.Type {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	return t
+}
+
 func join(prefix, name string) string {
 	if prefix == "" {
 		return name
@@ -137,13 +148,14 @@ func childKeys(t reflect.Type) []string {
 }
 
 // typeAt returns the Go type of the value at a decoder path such as
-// store.session_ttl or services[2].priority.
+// store.session_ttl, services[2].priority or
+// services[0].agent.params[listen], pointers stripped.
 func typeAt(path string) (reflect.Type, bool) {
 	t := fileType
 	if path == "" {
 		return t, true
 	}
-	for part := range strings.SplitSeq(path, ".") {
+	for part := range splitPath(path) {
 		name, rest, _ := strings.Cut(part, "[")
 		if t.Kind() != reflect.Struct {
 			return nil, false
@@ -152,15 +164,39 @@ func typeAt(path string) (reflect.Type, bool) {
 		if !ok {
 			return nil, false
 		}
-		t = sf.Type
+		t = deref(sf.Type)
 		for ; rest != ""; _, rest, _ = strings.Cut(rest, "[") {
-			if t.Kind() != reflect.Slice {
+			if t.Kind() != reflect.Slice && t.Kind() != reflect.Map {
 				return nil, false
 			}
-			t = t.Elem()
+			t = deref(t.Elem())
 		}
 	}
 	return t, true
+}
+
+// splitPath splits a key path at the dots outside brackets: a map key
+// such as params[a.b] may hold a dot.
+func splitPath(path string) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		depth, start := 0, 0
+		for i := 0; i < len(path); i++ {
+			switch path[i] {
+			case '[':
+				depth++
+			case ']':
+				depth--
+			case '.':
+				if depth == 0 {
+					if !yield(path[start:i]) {
+						return
+					}
+					start = i + 1
+				}
+			}
+		}
+		yield(path[start:])
+	}
 }
 
 // isSecret reports whether the key at path holds a secret.

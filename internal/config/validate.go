@@ -22,13 +22,18 @@ import (
 // or the CONCORD_* variable), the key path and the fix.
 //
 // Validate does not change f. It reads store.keepalive_interval 0 as
-// session_ttl/3 and empty store.embedded keys as their defaults, as Load
-// fills them; every other key must hold its final value, so a File built
-// in code should start from Defaults().
+// session_ttl/3, empty store.embedded keys and node.data_dir, and nil
+// fields of services, as their defaults, as Load fills them; every other
+// key must hold its final value, so a File built in code should start
+// from Defaults(). It reads the files the configuration names (TLS,
+// secrets) and checks that agent commands are executable files.
 func (f *File) Validate() error {
 	c := &checker{f: f}
 	c.node()
+	c.nodeAPI()
+	c.dataDir()
 	c.cluster()
+	c.secret()
 	c.store()
 	c.services()
 	c.log()
@@ -78,7 +83,8 @@ func (c *checker) oneOf(field, value string, valid []string) bool {
 func (c *checker) node() {
 	n := c.f.Node
 	c.name("node.id", n.ID, "node-a")
-	if strings.ContainsFunc(n.Address, unicode.IsSpace) {
+	// With an API, node.address is where peers dial it: nodeAPI checks it.
+	if n.API.Listen == "" && strings.ContainsFunc(n.Address, unicode.IsSpace) {
 		c.add("node.address", "%q contains white space; write host:port, e.g. 10.0.0.1:7000", n.Address)
 	}
 }
@@ -493,6 +499,9 @@ func (c *checker) services() {
 		}
 		first[s.Name] = i
 	}
+	for i, s := range svcs {
+		c.replication(i, s.withDefaults(), first)
+	}
 }
 
 func (c *checker) log() {
@@ -503,7 +512,9 @@ func (c *checker) log() {
 // Warnings returns advice about a valid configuration that will work but
 // is probably not what the operator wants: timings near their limits,
 // test-only settings, peer addresses the other members cannot reach or
-// that carry plaintext, and CONCORD_ variables that match no key. Each
+// that carry plaintext, an API that serves checkpoints in plaintext, a
+// cluster secret other users can read, and CONCORD_ variables that match
+// no key. Each
 // starts like an error, with the source and the key.
 func (f *File) Warnings() []string {
 	var out []string
@@ -537,6 +548,7 @@ func (f *File) Warnings() []string {
 			warn("store.embedded.peer_url", "%s is not https, so the traffic between the members of store.embedded.initial_cluster is unencrypted and unauthenticated: whoever reaches a peer port can read the store and speak as a member; set %s (with client_cert_auth) on every member and write every peer URL as https://, or keep the peer network closed to anyone else", e.PeerURL, peerTLSKey)
 		}
 	}
+	f.replicaWarnings(warn)
 	return append(out, f.src.unknownEnv...)
 }
 

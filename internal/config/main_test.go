@@ -1,0 +1,9 @@
+package config
+
+import (
+	"testing"
+
+	"github.com/concordha/concord/internal/leakcheck"
+)
+
+func TestMain(m *testing.M) { leakcheck.Main(m) }
