@@ -1,0 +1,9 @@
+package peer
+
+import (
+	"testing"
+
+	"github.com/concordha/concord/internal/leakcheck"
+)
+
+func TestMain(m *testing.M) { leakcheck.Main(m) }
