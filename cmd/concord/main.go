@@ -24,7 +24,7 @@ func rootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(runCmd(), validateCmd(), demoCmd(), versionCmd())
+	root.AddCommand(runCmd(), validateCmd(), switchoverCmd(), demoCmd(), versionCmd())
 	return root
 }
 

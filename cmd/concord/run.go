@@ -153,7 +153,26 @@ func runNode(ctx context.Context, f *config.File, log *slog.Logger, sigs <-chan 
 		return err
 	}
 	defer n.Close()
-	go logEvents(n, log)
+	api, err := startHost(f, n, log)
+	if err != nil {
+		return err
+	}
+	defer api.close()
+	// The host follows the node's role changes and drives the services'
+	// providers; it stops them once the node has stopped.
+	hctx, hstop := context.WithCancel(context.Background())
+	hostDone := make(chan error, 1)
+	go func() { hostDone <- api.host.Run(hctx) }()
+	defer func() {
+		_ = n.Close()
+		select {
+		case <-hostDone:
+		case <-time.After(2 * time.Minute):
+			log.Error("the services' providers did not stop within 2m; leaving them")
+			hstop()
+		}
+		hstop()
+	}()
 
 	select {
 	case sig := <-sigs:
@@ -179,23 +198,6 @@ func runNode(ctx context.Context, f *config.File, log *slog.Logger, sigs <-chan 
 		return errors.New("the node stopped on its own")
 	case <-ctx.Done():
 		return nil
-	}
-}
-
-// logEvents logs when this node becomes primary of a service and when it
-// stops being primary (core logs every role change at the "role"
-// message).
-func logEvents(n *core.Node, log *slog.Logger) {
-	primary := map[string]bool{}
-	for ev := range n.Events() {
-		switch {
-		case ev.Role == core.RolePrimary && !primary[ev.Service]:
-			primary[ev.Service] = true
-			log.Info("this node is primary", "service", ev.Service, "epoch", ev.Epoch, "token", ev.Token)
-		case ev.Role != core.RolePrimary && primary[ev.Service]:
-			primary[ev.Service] = false
-			log.Info("this node is no longer primary", "service", ev.Service, "role", ev.Role.String(), "primary", ev.Primary)
-		}
 	}
 }
 

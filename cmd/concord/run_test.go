@@ -195,6 +195,25 @@ func TestValidateExamples(t *testing.T) {
 	if err != nil || len(paths) < 5 {
 		t.Fatalf("configs/: %v %v", paths, err)
 	}
+	// The kvstore configs name files relative to the directory concord
+	// starts in: the agent's binary and the cluster secret. Validate them
+	// from a directory that has both (the agent only has to exist and be
+	// executable here).
+	work := t.TempDir()
+	if err := os.WriteFile(filepath.Join(work, "kvstore"), []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(work, "cluster.secret"), []byte("0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range paths {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		paths[i] = abs
+	}
+	t.Chdir(work)
 	for _, p := range paths {
 		out, err := execute("validate", "--config", p)
 		if err != nil {
