@@ -1,0 +1,405 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/concordha/concord/backends/etcd"
+	"github.com/concordha/concord/core"
+	"github.com/concordha/concord/internal/leakcheck"
+	"github.com/concordha/concord/internal/syncbuf"
+)
+
+func TestMain(m *testing.M) { leakcheck.Main(m) }
+
+// build compiles a package of this module into dir.
+func build(t *testing.T, dir, name, pkg string) string {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Dir(filepath.Dir(file))
+	out := filepath.Join(dir, name)
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+	return out
+}
+
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	var out []int
+	var lns []net.Listener
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns = append(lns, ln)
+		out = append(out, ln.Addr().(*net.TCPAddr).Port)
+	}
+	for _, ln := range lns {
+		ln.Close()
+	}
+	return out
+}
+
+type kvNode struct {
+	id                    string
+	api, kv, client, peer int
+	cmd                   *exec.Cmd
+	logs                  *syncbuf.Buffer
+	done                  chan struct{}
+	killed                bool
+	kvDir                 string
+}
+
+func (n *kvNode) kvURL(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", n.kv, path) }
+
+func (n *kvNode) alive() bool {
+	select {
+	case <-n.done:
+		return false
+	default:
+		return true
+	}
+}
+
+const ttl = 2 * time.Second
+
+func writeConfig(t *testing.T, work string, n *kvNode, cluster string) string {
+	body := fmt.Sprintf(`node:
+  id: %[1]s
+  data_dir: concord-%[1]s
+  api:
+    listen: 127.0.0.1:%[2]d
+cluster:
+  prefix: concord/
+  secret_file: cluster.secret
+store:
+  type: embedded
+  session_ttl: %[6]v
+  op_timeout: 600ms
+  retry_min: 20ms
+  retry_max: 300ms
+  election_timeout: 5s
+  embedded:
+    data_dir: etcd-%[1]s
+    name: %[1]s
+    client_url: http://127.0.0.1:%[3]d
+    peer_url: http://127.0.0.1:%[4]d
+    initial_cluster: %[5]s
+    cluster_state: new
+    cluster_token: e2e
+services:
+  - name: kv
+    secondaries: 1
+    sync_acks: 1
+    checkpoint_interval: 500ms
+    monitor_interval: 400ms
+    max_restarts: 2
+    restart_window: 1m
+    agent:
+      command: ./kvstore
+      params:
+        listen: 127.0.0.1:%[7]d
+        dir: kv-%[1]s
+        sync: "true"
+      timeouts:
+        monitor: 2s
+        start: 4s
+log:
+  level: info
+  format: json
+`, n.id, n.api, n.client, n.peer, cluster, ttl, n.kv)
+	path := filepath.Join(work, n.id+".yaml")
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func startKVNode(t *testing.T, work, concord, cfg string, n *kvNode) {
+	n.logs = &syncbuf.Buffer{}
+	n.done = make(chan struct{})
+	n.cmd = exec.Command(concord, "run", "--config", cfg)
+	n.cmd.Dir = work
+	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
+	n.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CONCORD_") {
+			env = append(env, kv)
+		}
+	}
+	n.cmd.Env = env
+	if err := n.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = n.cmd.Wait(); close(n.done) }()
+	t.Cleanup(func() {
+		if n.alive() {
+			_ = n.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-n.done:
+			case <-time.After(20 * time.Second):
+				t.Errorf("node %s still running 20s after SIGTERM", n.id)
+				_ = n.cmd.Process.Kill()
+				<-n.done
+			}
+		}
+		killDaemon(n)
+		if t.Failed() {
+			t.Logf("--- log of %s ---\n%s", n.id, n.logs.String())
+		}
+	})
+}
+
+// killDaemon kills the node's kvstore daemon, if its pid file names one.
+func killDaemon(n *kvNode) {
+	b, err := os.ReadFile(filepath.Join(n.kvDir, "pid"))
+	if err != nil {
+		return
+	}
+	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+type health struct {
+	Role    string `json:"role"`
+	Version int64  `json:"version"`
+	Token   int64  `json:"token"`
+}
+
+var client = &http.Client{Timeout: 2 * time.Second}
+
+func healthOf(n *kvNode) (health, error) {
+	var h health
+	resp, err := client.Get(n.kvURL("/healthz"))
+	if err != nil {
+		return h, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return h, fmt.Errorf("healthz %d", resp.StatusCode)
+	}
+	return h, json.NewDecoder(resp.Body).Decode(&h)
+}
+
+func put(n *kvNode, k, v string) error {
+	req, _ := http.NewRequest(http.MethodPut, n.kvURL("/kv/"+k), strings.NewReader(v))
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("PUT %s: %d %s", k, resp.StatusCode, bytes.TrimSpace(b))
+	}
+	return nil
+}
+
+func all(n *kvNode) (map[string]string, error) {
+	resp, err := client.Get(n.kvURL("/kv"))
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var m map[string]string
+	return m, json.NewDecoder(resp.Body).Decode(&m)
+}
+
+func eventually(t *testing.T, within time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v: %v", what, within, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestKVStoreUnderConcord: three concord nodes keep the example service
+// highly available. A kill -9 of the primary's node (concord and its
+// service) hands the service to the freshest secondary with every
+// acknowledged write, and the spare becomes a secondary; a failing
+// monitor then makes the new primary restart the service, then resign.
+func TestKVStoreUnderConcord(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts three concord processes")
+	}
+	work := t.TempDir()
+	concord := build(t, work, "concord", "./cmd/concord")
+	build(t, work, "kvstore", "./examples/kvstore")
+	if err := os.WriteFile(filepath.Join(work, "cluster.secret"), []byte("e2e-secret-of-at-least-16-bytes\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ports := freePorts(t, 12)
+	var nodes []*kvNode
+	var initial []string
+	for i, id := range []string{"a", "b", "c"} {
+		n := &kvNode{id: id, api: ports[4*i], kv: ports[4*i+1], client: ports[4*i+2], peer: ports[4*i+3], kvDir: filepath.Join(work, "kv-"+id)}
+		nodes = append(nodes, n)
+		initial = append(initial, fmt.Sprintf("%s=http://127.0.0.1:%d", id, n.peer))
+	}
+	for _, n := range nodes {
+		startKVNode(t, work, concord, writeConfig(t, work, n, strings.Join(initial, ",")), n)
+	}
+	var endpoints []string
+	for _, n := range nodes {
+		endpoints = append(endpoints, fmt.Sprintf("http://127.0.0.1:%d", n.client))
+	}
+	st, err := etcd.New(etcd.Config{Endpoints: endpoints})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	roster := func() (core.RosterRecord, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		kv, err := st.Get(ctx, "concord/roster/kv")
+		if err != nil {
+			return core.RosterRecord{}, err
+		}
+		return core.DecodeRoster(kv)
+	}
+	byID := map[string]*kvNode{}
+	for _, n := range nodes {
+		byID[n.id] = n
+	}
+	// primary waits until exactly one live node's service is primary and
+	// the roster holds one secondary other than it.
+	primary := func(live []*kvNode) (*kvNode, string) {
+		t.Helper()
+		var p *kvNode
+		var sec string
+		eventually(t, 60*time.Second, "one primary and one secondary", func() error {
+			p, sec = nil, ""
+			for _, n := range live {
+				h, err := healthOf(n)
+				if err == nil && h.Role == "primary" {
+					if p != nil {
+						return fmt.Errorf("two primaries: %s and %s", p.id, n.id)
+					}
+					p = n
+				}
+			}
+			if p == nil {
+				return errors.New("no primary")
+			}
+			r, err := roster()
+			if err != nil {
+				return err
+			}
+			for _, e := range r.Secondaries {
+				if e.Node != p.id && byID[e.Node] != nil && byID[e.Node].alive() {
+					sec = e.Node
+				}
+			}
+			if len(r.Secondaries) != 1 || sec == "" {
+				return fmt.Errorf("roster %+v: want one live secondary", r.Secondaries)
+			}
+			return nil
+		})
+		return p, sec
+	}
+
+	first, sec := primary(nodes)
+	// Synchronous writes: each is answered only once a checkpoint holding
+	// it is acknowledged by the secondary.
+	acked := map[string]string{}
+	for i := range 30 {
+		k, v := fmt.Sprintf("k%02d", i), fmt.Sprintf("v%d", i)
+		if err := put(first, k, v); err != nil {
+			t.Fatalf("write %s to the primary %s: %v", k, first.id, err)
+		}
+		acked[k] = v
+	}
+	r, _ := roster()
+	freshest := r.Secondaries[0]
+	if freshest.Node != sec || freshest.AckSeq == 0 {
+		t.Fatalf("roster after synchronous writes: %+v", r)
+	}
+
+	// kill -9 the primary's node: concord and its service.
+	first.killed = true
+	_ = first.cmd.Process.Kill()
+	<-first.done
+	killDaemon(first)
+	var live []*kvNode
+	for _, n := range nodes {
+		if n != first {
+			live = append(live, n)
+		}
+	}
+	next, sec2 := primary(live)
+	if next.id != sec {
+		t.Fatalf("after the kill, %s became primary; the freshest secondary was %s", next.id, sec)
+	}
+	got, err := all(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range acked {
+		if got[k] != v {
+			t.Fatalf("acknowledged write %s=%s lost in the failover (new primary has %q)", k, v, got[k])
+		}
+	}
+	if sec2 == first.id || sec2 == next.id {
+		t.Fatalf("secondary after failover is %s", sec2)
+	}
+	if err := put(next, "after", "failover"); err != nil {
+		t.Fatalf("write to the new primary: %v", err)
+	}
+
+	// A failing monitor: restarts, then a failover to the last node.
+	if err := os.WriteFile(filepath.Join(next.kvDir, "fail"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var last *kvNode
+	eventually(t, 60*time.Second, "failover after failing monitors", func() error {
+		for _, n := range live {
+			if h, err := healthOf(n); err == nil && h.Role == "primary" && n != next {
+				last = n
+				return nil
+			}
+		}
+		return errors.New("the failing node is still primary")
+	})
+	if last.id != sec2 {
+		t.Fatalf("after the monitor failures %s became primary, want %s", last.id, sec2)
+	}
+	restarts := strings.Count(next.logs.String(), `"msg":"restarting the service"`)
+	if restarts < 2 || !strings.Contains(next.logs.String(), "resigning so that another node takes over") {
+		t.Fatalf("the failing node restarted the service %d times before resigning (want 2, then a resignation)", restarts)
+	}
+	got, err = all(last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got["after"] != "failover" || got["k29"] != "v29" {
+		t.Fatalf("the last primary lacks acknowledged writes: %v", got)
+	}
+}
