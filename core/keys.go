@@ -13,6 +13,7 @@ import (
 //	<prefix>primary/<service>       primary record: the commit point of elections
 //	<prefix>roster/<service>        which providers are secondaries, and how fresh
 //	<prefix>cand/<service>/<node>   the node's candidate variable for the service
+//	<prefix>manager/...             the replica manager's state (see Keys.Manager)
 //
 // Candidate, primary and roster records are persistent: they are never
 // deleted under a live compare-and-swap, because some stores reset
@@ -51,6 +52,31 @@ func (k Keys) Candidates(svc string) string { return k.prefix + "cand/" + svc + 
 
 // Candidate is a node's candidate variable for a service.
 func (k Keys) Candidate(svc, n string) string { return k.prefix + "cand/" + svc + "/" + n }
+
+// AllCandidates is the folder of every service's candidate variables.
+func (k Keys) AllCandidates() string { return k.prefix + "cand/" }
+
+// Manager is the folder of the replica manager's state:
+//
+//	manager/switchover/<service>  the last switchover asked for, and its outcome
+//	manager/plan/<service>        the order in which the primary makes secondaries
+//	manager/departed              since when departed nodes and services are gone
+func (k Keys) Manager() string { return k.prefix + "manager/" }
+
+// Switchovers is the folder of switchover requests.
+func (k Keys) Switchovers() string { return k.prefix + "manager/switchover/" }
+
+// Switchover is a service's switchover request.
+func (k Keys) Switchover(svc string) string { return k.prefix + "manager/switchover/" + svc }
+
+// Plans is the folder of the manager's role plans.
+func (k Keys) Plans() string { return k.prefix + "manager/plan/" }
+
+// Plan is a service's role plan.
+func (k Keys) Plan(svc string) string { return k.prefix + "manager/plan/" + svc }
+
+// Departed is the manager's record of departed nodes and services.
+func (k Keys) Departed() string { return k.prefix + "manager/departed" }
 
 // NameIn returns the last part of key, below folder.
 func (k Keys) NameIn(folder, key string) string { return strings.TrimPrefix(key, folder) }
