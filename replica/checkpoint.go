@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -249,6 +250,19 @@ func (h *Host) targets(ctx context.Context, s *hosted, only string) ([]target, e
 			}
 		}
 		sort.Slice(spares, func(i, j int) bool { return spares[i].Compare(spares[j]) > 0 })
+		if h.cfg.Plan != nil {
+			// The manager's plan goes first: it spreads the secondaries of
+			// all services over the nodes.
+			if plan, err := h.cfg.Plan(ctx, name); err == nil && len(plan) > 0 {
+				at := func(n string) int {
+					if i := slices.Index(plan, n); i >= 0 {
+						return i
+					}
+					return len(plan)
+				}
+				sort.SliceStable(spares, func(i, j int) bool { return at(spares[i].Node) < at(spares[j].Node) })
+			}
+		}
 		for _, r := range spares[:min(need, len(spares))] {
 			out = append(out, target{node: r.Node, addr: addr(r.Node), spare: true})
 		}

@@ -60,6 +60,11 @@ type Config struct {
 	// Sender delivers checkpoints to peers; required if any service has a
 	// provider.
 	Sender Sender
+	// Plan, if set, returns the replica manager's plan for a service: the
+	// order in which to make providers secondaries (see PlanRecord). The
+	// primary follows it when it promotes spares; without a plan it
+	// promotes by rank.
+	Plan func(ctx context.Context, service string) ([]string, error)
 	// SyncTimeout bounds Host.Checkpoint. Zero means 30 seconds.
 	SyncTimeout time.Duration
 	// Logger receives structured logs; nil means slog.Default().

@@ -166,6 +166,25 @@ func (l *loopback) SendCheckpoint(ctx context.Context, addr, service string, st 
 	return h.Apply(ctx, service, st, body)
 }
 
+// Call makes the peer calls the manager makes: handover.
+func (l *loopback) Call(ctx context.Context, addr, name string, req, resp any) error {
+	l.mu.Lock()
+	h := l.hosts[addr]
+	l.mu.Unlock()
+	if h == nil {
+		return fmt.Errorf("no node at %s", addr)
+	}
+	if name != "handover" {
+		return fmt.Errorf("unknown call %q", name)
+	}
+	b, _ := json.Marshal(req)
+	var r struct{ Service, To string }
+	if err := json.Unmarshal(b, &r); err != nil {
+		return err
+	}
+	return h.Handover(ctx, r.Service, r.To)
+}
+
 type member struct {
 	journal journal
 	node    *core.Node
@@ -201,6 +220,8 @@ type svc struct {
 	name, dep string
 	prio      int
 	tune      func(*replica.ServiceSpec)
+	// manager makes this the replica manager's service (name ignored).
+	manager *replica.ManagerConfig
 }
 
 func (c *cluster) start(id string, svcs ...svc) *member {
@@ -214,6 +235,17 @@ func (c *cluster) start(id string, svcs ...svc) *member {
 	m := &member{prov: map[string]*kv{}, done: make(chan error, 1)}
 	var specs []replica.ServiceSpec
 	for _, s := range svcs {
+		if s.manager != nil {
+			mc := *s.manager
+			mc.Node, mc.Store, mc.Caller, mc.Logger = id, c.srv.Client(id+"-manager"), c.net, log
+			mc.Keys, _ = core.NewKeys(cfg.Prefix)
+			cfg.Services = append(cfg.Services, core.ServiceConfig{Name: replica.ManagerService})
+			specs = append(specs, replica.ServiceSpec{
+				Name: replica.ManagerService, Provider: replica.NewManager(mc),
+				CheckpointInterval: time.Hour, MonitorInterval: 50 * time.Millisecond, MaxRestarts: 3, RestartWindow: time.Minute,
+			})
+			continue
+		}
 		cfg.Services = append(cfg.Services, core.ServiceConfig{Name: s.name, Priority: s.prio, DependsOn: s.dep})
 		p := &kv{node: id, journal: &m.journal}
 		m.prov[s.name] = p
