@@ -34,6 +34,8 @@ type nodeAPI struct {
 	srv    *http.Server
 	ln     net.Listener
 	node   *core.Node
+	store  core.Store
+	keys   core.Keys
 	self   string
 	log    *slog.Logger
 	done   chan error
@@ -51,12 +53,12 @@ type switchoverAnswer struct {
 
 // startHost builds the replica host for the node and, if node.api.listen
 // is set, starts the node API. The host's Run is left to the caller.
-func startHost(f *config.File, n *core.Node, log *slog.Logger) (*nodeAPI, error) {
-	rc, err := f.ReplicaConfig()
+func startHost(f *config.File, rc config.Replica, st core.Store, n *core.Node, log *slog.Logger) (*nodeAPI, error) {
+	keys, err := core.NewKeys(f.CoreConfig().Prefix)
 	if err != nil {
 		return nil, err
 	}
-	a := &nodeAPI{node: n, self: f.Node.ID, log: log, done: make(chan error, 1)}
+	a := &nodeAPI{node: n, store: st, keys: keys, self: f.Node.ID, log: log, done: make(chan error, 1)}
 	token := make([]byte, 24)
 	if _, err := rand.Read(token); err != nil {
 		return nil, err
@@ -92,13 +94,23 @@ func startHost(f *config.File, n *core.Node, log *slog.Logger) (*nodeAPI, error)
 		}
 		specs = append(specs, sp)
 	}
-	hcfg := replica.Config{Node: f.Node.ID, DataDir: rc.DataDir, Services: specs, Logger: log}
+	hcfg := replica.Config{Node: f.Node.ID, DataDir: rc.DataDir, Services: specs, Logger: log, Plan: a.plan}
 	if rc.Listen != "" {
 		a.client, err = peer.NewClient(peer.ClientConfig{Node: f.Node.ID, Secret: rc.Secret, TLS: rc.ClientTLS})
 		if err != nil {
 			return nil, err
 		}
 		hcfg.Sender = sender{a.client, f.Node.ID}
+		// The replica manager, one tier up: every node with an API
+		// provides it (see withManager), and the elected one runs it.
+		hcfg.Services = append(hcfg.Services, replica.ServiceSpec{
+			Name: replica.ManagerService,
+			Provider: replica.NewManager(replica.ManagerConfig{
+				Node: f.Node.ID, Keys: keys, Store: st, Caller: a.client, Logger: log,
+			}),
+			CheckpointInterval: time.Hour, MonitorInterval: 2 * time.Second,
+			MaxRestarts: 3, RestartWindow: 5 * time.Minute,
+		})
 	}
 	a.host, err = replica.New(hcfg, n)
 	if err != nil {
@@ -173,56 +185,80 @@ func (a *nodeAPI) close() {
 	}
 }
 
-// switchover carries out a planned move of a service's primary role: it
-// asks the current primary to hand over (to req.To, if set), then waits
-// for the new primary and returns it.
+// switchover asks the replica manager for a planned move of a service's
+// primary role: it writes the request into the store, where the manager
+// (on whichever node runs it now) finds it, and waits for its outcome.
 func (a *nodeAPI) switchover(ctx context.Context, req switchoverRequest) (string, error) {
-	st, err := a.node.Status(req.Service)
-	if err != nil {
+	if err := core.ValidateName("service", req.Service); err != nil {
+		return "", fmt.Errorf("%w: %v", core.ErrInvalidArgument, err)
+	}
+	key := a.keys.Switchover(req.Service)
+	id := make([]byte, 8)
+	if _, err := rand.Read(id); err != nil {
 		return "", err
 	}
-	old := st.Primary
-	if old == "" {
-		return "", fmt.Errorf("%q has no primary now; nothing to switch over", req.Service)
-	}
-	if req.To == old {
-		return "", fmt.Errorf("%w: %q is already the primary of %q", core.ErrInvalidArgument, req.To, req.Service)
-	}
-	members, err := a.node.Members(ctx)
-	if err != nil {
-		return "", err
-	}
-	if req.To != "" {
-		if _, ok := members[req.To].Services[req.Service]; !ok {
-			return "", fmt.Errorf("%w: %q is not a live provider of %q", core.ErrInvalidArgument, req.To, req.Service)
+	rec := replica.SwitchoverRecord{ID: hex.EncodeToString(id), To: req.To, State: replica.SwitchoverPending, Updated: time.Now().UTC()}
+	val, _ := json.Marshal(rec)
+	kv, err := a.store.Get(ctx, key)
+	switch {
+	case errors.Is(err, core.ErrNotFound):
+		_, err = a.store.Create(ctx, key, val)
+	case err != nil:
+	default:
+		old, derr := replica.DecodeSwitchover(kv)
+		busy := derr == nil && (old.State == replica.SwitchoverPending || old.State == replica.SwitchoverRunning)
+		if busy && time.Since(old.Updated) < switchoverStale {
+			return "", fmt.Errorf("a switchover of %q is already under way (request %s, %s): wait for it", req.Service, old.ID, old.State)
 		}
-	}
-	if old == a.self {
-		err = a.host.Handover(ctx, req.Service, req.To)
-	} else {
-		addr := members[old].Address
-		if addr == "" {
-			return "", fmt.Errorf("the primary %q publishes no API address", old)
-		}
-		err = a.client.Call(ctx, addr, "handover", req, nil)
+		_, err = a.store.CompareAndSwap(ctx, key, val, kv.Version)
 	}
 	if err != nil {
-		return "", fmt.Errorf("%s refused to hand %q over: %w", old, req.Service, err)
+		return "", fmt.Errorf("writing the switchover request %s: %w", key, err)
 	}
+	a.log.Info("switchover requested", "switchover_of", req.Service, "to", req.To, "request", rec.ID)
 	for {
-		st, err := a.node.Status(req.Service)
-		if err != nil {
-			return "", err
-		}
-		if st.Primary != "" && st.Primary != old {
-			return st.Primary, nil
+		kv, err := a.store.Get(ctx, key)
+		if err == nil {
+			got, derr := replica.DecodeSwitchover(kv)
+			if derr == nil && got.ID != rec.ID {
+				return "", fmt.Errorf("the switchover request was replaced by another (%s)", got.ID)
+			}
+			switch got.State {
+			case replica.SwitchoverDone:
+				return got.Primary, nil
+			case replica.SwitchoverFailed:
+				return "", errors.New(got.Detail)
+			}
 		}
 		select {
 		case <-ctx.Done():
-			return "", fmt.Errorf("%q was handed over but no new primary appeared: %w", req.Service, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
+			return "", fmt.Errorf("no outcome of the switchover of %q yet (is a replica manager running? see the logs): %w", req.Service, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// switchoverStale is how old a pending or running request must be before
+// a new one may replace it: its manager is presumed gone.
+const switchoverStale = 2 * time.Minute
+
+// plan reads the replica manager's plan for a service.
+func (a *nodeAPI) plan(ctx context.Context, service string) ([]string, error) {
+	kv, err := a.store.Get(ctx, a.keys.Plan(service))
+	if err != nil {
+		return nil, err
+	}
+	p, err := replica.DecodePlan(kv)
+	return p.Order, err
+}
+
+// withManager adds the replica manager's service to a node's services
+// when the node has an API, so that the node can be elected to run it.
+func withManager(cfg core.Config, rc config.Replica) core.Config {
+	if rc.Listen != "" {
+		cfg.Services = append(cfg.Services, core.ServiceConfig{Name: replica.ManagerService})
+	}
+	return cfg
 }
 
 // sender adapts the peer client to replica.Sender.

@@ -103,7 +103,11 @@ func describe(w io.Writer, f *config.File) {
 // resigns, then leaves) or ctx's end (it leaves without resigning: its
 // session is closed, so the others elect a successor at once).
 func runNode(ctx context.Context, f *config.File, log *slog.Logger, sigs <-chan os.Signal) error {
-	cfg := f.CoreConfig()
+	rc, err := f.ReplicaConfig()
+	if err != nil {
+		return err
+	}
+	cfg := withManager(f.CoreConfig(), rc)
 	cfg.Logger = log
 	log.Info("starting", "node", cfg.NodeID, "store", storeSummary(f), "services", len(cfg.Services), "session_ttl", cfg.SessionTTL)
 	for _, w := range f.Warnings() {
@@ -153,7 +157,7 @@ func runNode(ctx context.Context, f *config.File, log *slog.Logger, sigs <-chan 
 		return err
 	}
 	defer n.Close()
-	api, err := startHost(f, n, log)
+	api, err := startHost(f, rc, st.store, n, log)
 	if err != nil {
 		return err
 	}
