@@ -402,4 +402,36 @@ func TestKVStoreUnderConcord(t *testing.T) {
 	if got["after"] != "failover" || got["k29"] != "v29" {
 		t.Fatalf("the last primary lacks acknowledged writes: %v", got)
 	}
+
+	// The failed node heals; once it is a secondary again, a planned
+	// switchover moves the service back to it, through the replica
+	// manager, with nothing lost.
+	if err := os.Remove(filepath.Join(next.kvDir, "fail")); err != nil {
+		t.Fatal(err)
+	}
+	if p, s := primary(live); p != last || s != next.id {
+		t.Fatalf("after healing: primary %s, secondary %s; want %s and %s", p.id, s, last.id, next.id)
+	}
+	if err := put(last, "before", "switchover"); err != nil {
+		t.Fatal(err)
+	}
+	sw := exec.Command(concord, "switchover", "kv", "--to", next.id, "--config", last.id+".yaml")
+	sw.Dir = work
+	out, err := sw.CombinedOutput()
+	if err != nil {
+		t.Fatalf("concord switchover kv --to %s: %v\n%s", next.id, err, out)
+	}
+	if !strings.Contains(string(out), "the primary is now "+next.id) {
+		t.Fatalf("switchover printed %q", out)
+	}
+	if p, _ := primary(live); p != next {
+		t.Fatalf("after the switchover to %s, %s is primary", next.id, p.id)
+	}
+	got, err = all(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got["before"] != "switchover" || got["after"] != "failover" || got["k00"] != "v0" {
+		t.Fatalf("the switched-to primary lacks writes: %v", got)
+	}
 }
