@@ -228,8 +228,11 @@ func (n *Node) roster(ctx context.Context, f func() (uint64, error)) error {
 // Errors: ctx's error; ErrClosed.
 func (n *Node) Members(ctx context.Context) (map[string]MemberRecord, error) {
 	var out map[string]MemberRecord
-	err := n.call(ctx, func() { out = n.m.Members() })
-	return out, err
+	if err := n.call(ctx, func() { out = n.m.Members() }); err != nil {
+		// f may still run on the loop: leave out alone.
+		return nil, err
+	}
+	return out, nil
 }
 
 // Roster returns the newest roster the node knows for the service: which
