@@ -64,9 +64,13 @@ func startHost(f *config.File, rc config.Replica, st core.Store, n *core.Node, l
 		return nil, err
 	}
 	apiToken := hex.EncodeToString(token)
-	scheme := "http"
-	if rc.TLS != nil {
-		scheme = "https"
+	// What the agents (and the daemons they start) need to call the
+	// local API: its URL and token and, with TLS, the files to present
+	// and verify certificates with (the API requires a client
+	// certificate then).
+	agentEnv := []string{"CONCORD_API=" + localURL(rc.Listen, rc.TLS != nil), "CONCORD_API_TOKEN=" + apiToken}
+	if t := f.Node.API.TLS; rc.TLS != nil {
+		agentEnv = append(agentEnv, "CONCORD_API_CA_FILE="+t.CAFile, "CONCORD_API_CERT_FILE="+t.CertFile, "CONCORD_API_KEY_FILE="+t.KeyFile)
 	}
 	var specs []replica.ServiceSpec
 	for _, s := range rc.Services {
@@ -78,7 +82,7 @@ func startHost(f *config.File, rc config.Replica, st core.Store, n *core.Node, l
 		if ag := s.Agent; ag != nil {
 			p, err := agent.New(agent.Config{
 				Command: ag.Command, Args: ag.Args, Dir: ag.Dir, Params: ag.Params,
-				Env: []string{"CONCORD_API=" + scheme + "://" + rc.Listen, "CONCORD_API_TOKEN=" + apiToken},
+				Env: agentEnv,
 				Timeouts: agent.Timeouts{
 					Start: ag.Start, Stop: ag.Stop, Promote: ag.Promote, Demote: ag.Demote,
 					Monitor: ag.Monitor, Checkpoint: ag.Checkpoint, Restore: ag.Restore,
@@ -241,6 +245,27 @@ func (a *nodeAPI) switchover(ctx context.Context, req switchoverRequest) (string
 // switchoverStale is how old a pending or running request must be before
 // a new one may replace it: its manager is presumed gone.
 const switchoverStale = 2 * time.Minute
+
+// localURL is the URL a process on this machine reaches the API at: a
+// listen address on every interface (":7101", "0.0.0.0:7101") is reached
+// on loopback.
+func localURL(listen string, tls bool) string {
+	scheme := "http"
+	if tls {
+		scheme = "https"
+	}
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return scheme + "://" + listen
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+		if ip != nil && ip.To4() == nil {
+			host = "::1"
+		}
+	}
+	return scheme + "://" + net.JoinHostPort(host, port)
+}
 
 // plan reads the replica manager's plan for a service.
 func (a *nodeAPI) plan(ctx context.Context, service string) ([]string, error) {
