@@ -22,6 +22,7 @@ import (
 	"github.com/concordha/concord/backends/etcd"
 	"github.com/concordha/concord/core"
 	"github.com/concordha/concord/internal/leakcheck"
+	"github.com/concordha/concord/internal/poll"
 	"github.com/concordha/concord/internal/syncbuf"
 )
 
@@ -228,17 +229,7 @@ func all(n *kvNode) (map[string]string, error) {
 
 func eventually(t *testing.T, within time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, within, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	poll.Eventually(t, within, what, cond)
 }
 
 // TestKVStoreUnderConcord: three concord nodes keep the example service

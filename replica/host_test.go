@@ -16,6 +16,7 @@ import (
 	"github.com/concordha/concord/backends/memory"
 	"github.com/concordha/concord/core"
 	"github.com/concordha/concord/internal/leakcheck"
+	"github.com/concordha/concord/internal/poll"
 	"github.com/concordha/concord/internal/syncbuf"
 	"github.com/concordha/concord/replica"
 )
@@ -295,17 +296,7 @@ func (c *cluster) stop(id string) {
 
 func eventually(t *testing.T, within time.Duration, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %v", within, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.Eventually(t, within, "condition", cond)
 }
 
 // settled waits until one member's provider serves svc as primary and

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/concordha/concord/core"
+	"github.com/concordha/concord/internal/poll"
 	"github.com/concordha/concord/internal/testpki"
 )
 
@@ -137,19 +138,7 @@ func (f *fixture) spoolEmpty(t *testing.T) {
 // eventually polls cond until it returns nil or the deadline passes.
 func eventually(t *testing.T, within time.Duration, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", within, err)
-		}
-		<-tick.C
-	}
+	poll.Eventually(t, within, "condition", cond)
 }
 
 // holds polls cond for the whole of d and fails the test as soon as it
