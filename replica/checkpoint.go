@@ -329,9 +329,7 @@ func (h *Host) Apply(ctx context.Context, service string, st core.Stamp, body io
 	if err := h.Admit(service, st); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	ev, role := s.ev, s.role
-	s.mu.Unlock()
+	ev, role := s.state()
 	if role == core.RoleNone {
 		return fmt.Errorf("%q is not running on this node", service)
 	}

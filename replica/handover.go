@@ -30,9 +30,7 @@ func (h *Host) Handover(ctx context.Context, service, to string) error {
 		}
 		return h.node.Resign(ctx, service)
 	}
-	s.mu.Lock()
-	ev, role := s.ev, s.role
-	s.mu.Unlock()
+	ev, role := s.state()
 	if ev.Role != core.RolePrimary || role != core.RolePrimary {
 		return fmt.Errorf("%w: %q", core.ErrNotPrimary, service)
 	}

@@ -111,6 +111,13 @@ type hosted struct {
 	gaveUp   bool
 }
 
+// state returns the newest event and the provider's role.
+func (s *hosted) state() (core.Event, core.Role) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ev, s.role
+}
+
 type syncWaiter struct {
 	done chan syncResult
 }
@@ -281,9 +288,7 @@ func (h *Host) reconcile(ctx context.Context) {
 		if s.spec.Provider == nil {
 			continue
 		}
-		s.mu.Lock()
-		ev, role := s.ev, s.role
-		s.mu.Unlock()
+		ev, role := s.state()
 		if role == core.RolePrimary && ev.Role != core.RolePrimary {
 			h.demote(ctx, s, ev)
 		}
@@ -293,9 +298,7 @@ func (h *Host) reconcile(ctx context.Context) {
 		if s.spec.Provider == nil {
 			continue
 		}
-		s.mu.Lock()
-		ev, role := s.ev, s.role
-		s.mu.Unlock()
+		ev, role := s.state()
 		if ev.Role != core.RolePrimary || role == core.RolePrimary {
 			continue
 		}

@@ -30,9 +30,7 @@ func (h *Host) monitorLoop(ctx context.Context, s *hosted) {
 }
 
 func (h *Host) check(ctx context.Context, s *hosted) error {
-	s.mu.Lock()
-	ev, role := s.ev, s.role
-	s.mu.Unlock()
+	ev, role := s.state()
 	if role == core.RoleNone {
 		return fmt.Errorf("%w: it is not started", ErrNotRunning)
 	}
