@@ -8,6 +8,8 @@ import (
 	"os"
 	"slices"
 	"time"
+
+	"github.com/concordha/concord/replica/agent"
 )
 
 // DefaultNodeDataDirPrefix is node.data_dir's default, before node.id.
@@ -31,14 +33,10 @@ func ServiceDefaults() ReplicaService {
 // AgentDefaults returns the timeouts Load gives the keys of
 // services[].agent.timeouts that the file leaves out.
 func AgentDefaults() Agent {
+	d := agent.DefaultTimeouts()
 	return Agent{
-		Start:      60 * time.Second,
-		Stop:       60 * time.Second,
-		Promote:    30 * time.Second,
-		Demote:     30 * time.Second,
-		Monitor:    10 * time.Second,
-		Checkpoint: 120 * time.Second,
-		Restore:    120 * time.Second,
+		Start: d.Start, Stop: d.Stop, Promote: d.Promote, Demote: d.Demote,
+		Monitor: d.Monitor, Checkpoint: d.Checkpoint, Restore: d.Restore,
 	}
 }
 
