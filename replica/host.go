@@ -84,6 +84,7 @@ type Host struct {
 	log   *slog.Logger
 	svcs  map[string]*hosted
 	order []string // dependencies before their dependents
+	kick  chan struct{}
 
 	wg sync.WaitGroup
 }
@@ -95,6 +96,9 @@ type hosted struct {
 
 	// call serializes provider calls (Provider's contract).
 	call sync.Mutex
+	// trans serializes role transitions (promote, demote, restart), each
+	// of which decides on the newest event under it.
+	trans sync.Mutex
 
 	mu      sync.Mutex
 	ev      core.Event // the newest event from the node
@@ -136,7 +140,7 @@ func New(cfg Config, node *core.Node) (*Host, error) {
 	if cfg.SyncTimeout <= 0 {
 		cfg.SyncTimeout = 30 * time.Second
 	}
-	h := &Host{cfg: cfg, node: node, log: cfg.Logger.With("node", cfg.Node), svcs: map[string]*hosted{}}
+	h := &Host{cfg: cfg, node: node, log: cfg.Logger.With("node", cfg.Node), svcs: map[string]*hosted{}, kick: make(chan struct{}, 1)}
 	var errs []error
 	for i, sp := range cfg.Services {
 		if _, dup := h.svcs[sp.Name]; dup {
@@ -230,10 +234,18 @@ func (h *Host) Run(ctx context.Context) error {
 		go h.monitorLoop(ctx, s)
 	}
 	events := h.node.Events()
+	// A periodic pass mends what no event will: a promotion that waited
+	// for a dependency, or a transition that failed.
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-t.C:
+			h.reconcile(ctx)
+		case <-h.kick:
+			h.reconcile(ctx)
 		case ev, ok := <-events:
 			if !ok {
 				return nil
@@ -288,26 +300,28 @@ func (h *Host) reconcile(ctx context.Context) {
 		if s.spec.Provider == nil {
 			continue
 		}
-		ev, role := s.state()
-		if role == core.RolePrimary && ev.Role != core.RolePrimary {
+		s.trans.Lock()
+		if ev, role := s.state(); role == core.RolePrimary && ev.Role != core.RolePrimary {
 			h.demote(ctx, s, ev)
 		}
+		s.trans.Unlock()
 	}
 	for _, name := range h.order {
 		s := h.svcs[name]
 		if s.spec.Provider == nil {
 			continue
 		}
-		ev, role := s.state()
-		if ev.Role != core.RolePrimary || role == core.RolePrimary {
-			continue
-		}
 		if d := s.spec.DependsOn; d != "" && h.svcs[d].spec.Provider != nil && h.roleOf(d) != core.RolePrimary {
-			// The dependency is not serving here (yet); its promotion
-			// comes first and calls reconcile again.
+			// The dependency is not serving here (yet): it comes first.
+			// Its promotion (in this pass, or by a restart, which kicks
+			// the loop) lets this one follow.
 			continue
 		}
-		h.promote(ctx, s, ev)
+		s.trans.Lock()
+		if ev, role := s.state(); ev.Role == core.RolePrimary && role != core.RolePrimary {
+			h.promote(ctx, s, ev)
+		}
+		s.trans.Unlock()
 	}
 }
 
@@ -363,6 +377,9 @@ func (h *Host) promote(ctx context.Context, s *hosted, ev core.Event) {
 	}
 	tctx, cancel := context.WithCancel(ctx)
 	s.mu.Lock()
+	if s.tenure != nil {
+		s.tenure() // a tenure of this node's that was never ended
+	}
 	s.role = core.RolePrimary
 	s.seq = 0
 	s.tenure = cancel

@@ -329,6 +329,10 @@ func (c *cluster) settled(svc string, want int) (string, []string) {
 		}
 		pdata, _, _ := c.members[prim].prov[svc].snapshot()
 		for _, e := range r.Secondaries {
+			if e.Node == prim {
+				// A secondary just elected, before it prunes itself.
+				return fmt.Errorf("roster still lists the primary %s", prim)
+			}
 			m, ok := c.members[e.Node]
 			if !ok {
 				return fmt.Errorf("roster lists departed %s", e.Node)

@@ -83,6 +83,15 @@ func (h *Host) recover(ctx context.Context, s *hosted, cause error) {
 // check.
 func (h *Host) restart(ctx context.Context, s *hosted, ev core.Event, want core.Role) {
 	name := s.spec.Name
+	s.trans.Lock()
+	defer s.trans.Unlock()
+	// The event loop may act on this service once we are done.
+	defer func() {
+		select {
+		case h.kick <- struct{}{}:
+		default:
+		}
+	}()
 	s.mu.Lock()
 	if s.tenure != nil {
 		s.tenure()
