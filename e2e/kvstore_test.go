@@ -400,12 +400,17 @@ func TestKVStoreUnderConcord(t *testing.T) {
 	if err := os.Remove(filepath.Join(next.kvDir, "fail")); err != nil {
 		t.Fatal(err)
 	}
-	if p, s := primary(live); p != last || s != next.id {
-		t.Fatalf("after healing: primary %s, secondary %s; want %s and %s", p.id, s, last.id, next.id)
-	}
-	if err := put(last, "before", "switchover"); err != nil {
-		t.Fatal(err)
-	}
+	eventually(t, 60*time.Second, "the healed node becomes a secondary again", func() error {
+		if _, err := healthOf(next); err != nil {
+			return fmt.Errorf("%s's service: %v", next.id, err)
+		}
+		if p, s := primary(live); p != last || s != next.id {
+			return fmt.Errorf("primary %s, secondary %s; want %s and %s", p.id, s, last.id, next.id)
+		}
+		// A synchronous write succeeds once the secondary takes
+		// checkpoints again.
+		return put(last, "before", "switchover")
+	})
 	sw := exec.Command(concord, "switchover", "kv", "--to", next.id, "--config", last.id+".yaml")
 	sw.Dir = work
 	out, err := sw.CombinedOutput()

@@ -17,8 +17,8 @@ import (
 //
 // takes a checkpoint now and answers 200 {"seq": N, "acks": K} once the
 // service's sync_acks secondaries acknowledged it; 503 if this node is
-// not the service's primary; 504 if the acknowledgements did not come in
-// time. Requests must carry "Authorization: Bearer <token>", the token
+// not the service's primary; 502 if fewer secondaries took it; 504 if the
+// acknowledgements did not come in time. Requests must carry "Authorization: Bearer <token>", the token
 // concord gives the resource agent in CONCORD_API_TOKEN.
 func LocalAPI(h *Host, token string) http.Handler {
 	mux := http.NewServeMux()
@@ -39,7 +39,8 @@ func LocalAPI(h *Host, token string) http.Handler {
 		case errors.Is(err, context.DeadlineExceeded):
 			writeJSON(w, http.StatusGatewayTimeout, map[string]string{"error": err.Error()})
 		default:
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+			// Not replicated as asked: too few secondaries took it.
+			writeJSON(w, http.StatusBadGateway, map[string]string{"error": err.Error()})
 		}
 	})
 	return mux

@@ -137,6 +137,7 @@ func (h *Host) runCycle(ctx context.Context, s *hosted, ev core.Event, only stri
 	var mu sync.Mutex
 	var acked []string
 	var errs []error
+	failed := map[string]bool{}
 	var wg sync.WaitGroup
 	for _, t := range targets {
 		wg.Add(1)
@@ -145,6 +146,7 @@ func (h *Host) runCycle(ctx context.Context, s *hosted, ev core.Event, only stri
 			if err := h.send(ctx, s, t, stamp, spool); err != nil {
 				mu.Lock()
 				errs = append(errs, fmt.Errorf("to %s: %w", t.node, err))
+				failed[t.node] = !t.spare
 				mu.Unlock()
 				return
 			}
@@ -154,6 +156,7 @@ func (h *Host) runCycle(ctx context.Context, s *hosted, ev core.Event, only stri
 		}()
 	}
 	wg.Wait()
+	h.dropFailing(ctx, s, acked, failed)
 	sort.Strings(acked)
 	h.log.Debug("checkpoint sent", "service", name, "seq", seq, "bytes", size, "acked", acked)
 	if len(errs) > 0 && len(acked) < s.spec.SyncAcks {
@@ -163,6 +166,40 @@ func (h *Host) runCycle(ctx context.Context, s *hosted, ev core.Event, only stri
 		h.log.Warn("a secondary did not take the checkpoint", "service", name, "seq", seq, "err", e)
 	}
 	return seq, acked, nil
+}
+
+// maxMissed is how many checkpoints in a row a secondary may fail to take
+// before the primary demotes it, so that a spare that can take them
+// replaces it (and it, once it can again, comes back after a full
+// transfer).
+const maxMissed = 3
+
+func (h *Host) dropFailing(ctx context.Context, s *hosted, acked []string, failed map[string]bool) {
+	s.mu.Lock()
+	if s.missed == nil {
+		s.missed = map[string]int{}
+	}
+	for _, n := range acked {
+		delete(s.missed, n)
+	}
+	var drop []string
+	for n, secondary := range failed {
+		if !secondary {
+			continue
+		}
+		s.missed[n]++
+		if s.missed[n] >= maxMissed {
+			drop = append(drop, n)
+			delete(s.missed, n)
+		}
+	}
+	s.mu.Unlock()
+	for _, n := range drop {
+		h.log.Warn("demoting a secondary that missed checkpoints in a row", "service", s.spec.Name, "node", n, "missed", maxMissed)
+		if err := h.node.Demote(ctx, s.spec.Name, n); err != nil {
+			h.log.Warn("demoting the secondary failed", "service", s.spec.Name, "node", n, "err", err)
+		}
+	}
 }
 
 // send delivers the spooled checkpoint to t and records its

@@ -110,7 +110,8 @@ type hosted struct {
 	// cycle is held by a checkpoint cycle and by a handover, so that
 	// the two never interleave.
 	cycle    sync.Mutex
-	seq      int64 // last checkpoint seq of this tenure
+	seq      int64          // last checkpoint seq of this tenure
+	missed   map[string]int // checkpoints each secondary failed in a row
 	restarts []time.Time
 	gaveUp   bool
 }
