@@ -245,6 +245,7 @@ func (h *Host) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 			h.reconcile(ctx)
+			h.refill(ctx)
 		case <-h.kick:
 			h.reconcile(ctx)
 		case ev, ok := <-events:
@@ -323,6 +324,46 @@ func (h *Host) reconcile(ctx context.Context) {
 			h.promote(ctx, s, ev)
 		}
 		s.trans.Unlock()
+	}
+}
+
+// refill starts a checkpoint round at once for every service this node
+// serves as primary that has fewer secondaries than it wants while a
+// spare is there to promote, instead of waiting for the next interval.
+func (h *Host) refill(ctx context.Context) {
+	var members map[string]core.MemberRecord
+	for _, name := range h.order {
+		s := h.svcs[name]
+		if _, role := s.state(); s.spec.Provider == nil || role != core.RolePrimary || s.spec.Secondaries == 0 {
+			continue
+		}
+		if members == nil {
+			var err error
+			if members, err = h.node.Members(ctx); err != nil {
+				return
+			}
+		}
+		r, err := h.node.Roster(ctx, name)
+		if err != nil {
+			continue
+		}
+		secs, spares := 0, 0
+		for id, m := range members {
+			if _, ok := m.Services[name]; !ok || id == h.cfg.Node {
+				continue
+			}
+			if i := r.Find(id); i >= 0 && r.Secondaries[i].Session == m.Session {
+				secs++
+			} else {
+				spares++
+			}
+		}
+		if secs < s.spec.Secondaries && spares > 0 {
+			select {
+			case s.demand <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 
