@@ -196,14 +196,14 @@ type member struct {
 }
 
 type cluster struct {
-	t       *testing.T
+	t       testing.TB
 	srv     *memory.Server
 	net     *loopback
 	members map[string]*member
 	logs    *syncbuf.Buffer
 }
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t testing.TB) *cluster {
 	c := &cluster{t: t, srv: memory.New(memory.Options{}), net: &loopback{hosts: map[string]*replica.Host{}}, members: map[string]*member{}, logs: &syncbuf.Buffer{}}
 	t.Cleanup(func() {
 		for id := range c.members {
@@ -294,7 +294,7 @@ func (c *cluster) stop(id string) {
 	<-m.done
 }
 
-func eventually(t *testing.T, within time.Duration, cond func() error) {
+func eventually(t testing.TB, within time.Duration, cond func() error) {
 	t.Helper()
 	poll.Eventually(t, within, "condition", cond)
 }

@@ -79,7 +79,7 @@ func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 // newFixture starts a Server (configured by cfg after the defaults of
 // the fixture) behind an httptest server, and a Client for it.
-func newFixture(t *testing.T, cfg func(*ServerConfig)) *fixture {
+func newFixture(t testing.TB, cfg func(*ServerConfig)) *fixture {
 	t.Helper()
 	f := &fixture{spool: t.TempDir()}
 	sc := ServerConfig{
@@ -109,7 +109,7 @@ func newFixture(t *testing.T, cfg func(*ServerConfig)) *fixture {
 	return f
 }
 
-func newClient(t *testing.T, c ClientConfig) *Client {
+func newClient(t testing.TB, c ClientConfig) *Client {
 	t.Helper()
 	cli, err := NewClient(c)
 	if err != nil {
