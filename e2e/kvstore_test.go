@@ -423,6 +423,20 @@ func TestKVStoreUnderConcord(t *testing.T) {
 	if p, _ := primary(live); p != next {
 		t.Fatalf("after the switchover to %s, %s is primary", next.id, p.id)
 	}
+	// The old primary's service was demoted: it refuses writes.
+	eventually(t, 10*time.Second, "the old primary's service demoted", func() error {
+		h, err := healthOf(last)
+		if err != nil {
+			return err
+		}
+		if h.Role == "primary" {
+			return fmt.Errorf("%s's service still reports itself primary", last.id)
+		}
+		return nil
+	})
+	if err := put(last, "stale", "write"); err == nil {
+		t.Fatalf("the demoted %s accepted a write", last.id)
+	}
 	got, err = all(next)
 	if err != nil {
 		t.Fatal(err)
