@@ -6,8 +6,8 @@ import (
 )
 
 // This file is the contract between the election and a consensus store.
-// A backend implements Store and Session; Txner and Expirer are optional
-// and discovered with a type assertion. Every backend must pass
+// A backend implements Store and Session; Txner, Expirer and Deleter are
+// optional and discovered with a type assertion. Every backend must pass
 // backends/storetest, which checks each sentence written here.
 
 // KV is one record as the store holds it.
@@ -21,7 +21,9 @@ type KV struct {
 	// non-zero for an existing key and changes on every write to the key.
 	// Its size means nothing across keys; only equality matters. A key
 	// deleted and created again may reuse versions (ZooKeeper does), which
-	// is why concord never deletes a key that it compare-and-swaps.
+	// is why the election never deletes a key that it compare-and-swaps;
+	// only the replica manager deletes, and only the records of nodes and
+	// services long gone (see Deleter).
 	Version int64
 	// Revision is the store-wide revision of the write that produced this
 	// value: every later write anywhere in the store gets a strictly
@@ -174,6 +176,23 @@ type Expirer interface {
 	// registered keys are deleted and its holder sees ErrSessionLost.
 	// Errors: ErrNotFound if no live session has that ID.
 	ExpireSession(ctx context.Context, sessionID string) error
+}
+
+// Deleter is an optional capability: delete a key only if it still holds
+// the version read. The replica manager uses it to remove the records of
+// departed nodes and services. A key created again after a deletion may
+// get a version it had before (see KV.Version), and a version read before
+// the deletion would then match the new record: delete only records that
+// no one is creating again under the same key.
+type Deleter interface {
+	// DeleteVersion deletes key only if its current Version equals version.
+	// Errors: ErrNotFound if the key does not exist; ErrConflict if it
+	// exists with another version. Neither deletes anything. Deleting a key
+	// registered to a session is allowed: the session stays alive, and the
+	// key no longer belongs to it (a key created again under that name is
+	// not deleted when the session ends). Watches and List show the
+	// deletion as they show one caused by a session ending.
+	DeleteVersion(ctx context.Context, key string, version int64) error
 }
 
 // OpKind names an operation inside a Txn.
