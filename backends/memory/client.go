@@ -13,10 +13,11 @@ var (
 	_ core.Store   = (*Client)(nil)
 	_ core.Txner   = (*Client)(nil)
 	_ core.Expirer = (*Client)(nil)
+	_ core.Deleter = (*Client)(nil)
 )
 
 // Client is one connection to a Server. It implements core.Store,
-// core.Txner and core.Expirer. Every call first honours its context, then
+// core.Txner, core.Expirer and core.Deleter. Every call first honours its context, then
 // the client's isolation (failing at once), then the latency and hang set
 // on the server, and finally faults, under the server's lock, where it
 // runs.
@@ -142,6 +143,19 @@ func (c *Client) write(ctx context.Context, op string, o core.Op) (core.KV, erro
 		return r.Err
 	})
 	return kv, err
+}
+
+// DeleteVersion implements core.Deleter. Its fault name is "delete". The
+// deletion takes a revision of its own, reaches watches and observers as
+// a session's deletions do (Change.Deleted, with this client's name and
+// no Session), and unbinds a registered key from its session.
+func (c *Client) DeleteVersion(ctx context.Context, key string, version int64) error {
+	if key == "" {
+		return emptyKey(opDelete)
+	}
+	return c.call(ctx, opDelete, []string{key}, func() error {
+		return c.srv.deleteVersionLocked(c.name, key, version)
+	})
 }
 
 // Txn implements core.Txner. The writes of one Txn take consecutive

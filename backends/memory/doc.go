@@ -10,15 +10,18 @@
 // # What it promises
 //
 // A Server holds the whole state behind one mutex over plain maps. Many
-// Clients talk to it; each *Client implements core.Store, core.Txner and
-// core.Expirer and passes backends/storetest. In particular:
+// Clients talk to it; each *Client implements core.Store, core.Txner,
+// core.Expirer and core.Deleter and passes backends/storetest. In
+// particular:
 //
 //   - Revisions form one store-wide counter that grows by one for every
 //     write: a creation, a compare-and-swap, or a deletion. The writes of
 //     one Txn take consecutive revisions, in the order of the ops.
 //   - Versions count the writes to one key, starting at 1 when it is
-//     created. Keys are deleted only when the session they were registered
-//     under ends; a key created again after that starts at version 1.
+//     created. Keys are deleted when the session they were registered
+//     under ends, or by DeleteVersion; a key created again after that
+//     starts at version 1. DeleteVersion of a registered key unbinds it
+//     from its session, which stays alive.
 //   - Snapshot.Revision is exact: the revision of the latest creation,
 //     update or deletion under the prefix, or 0 for a prefix that never
 //     held a key. The server remembers, for each deleted key, the revision
@@ -36,8 +39,9 @@
 //
 // The Server can inject errors per client, operation and key prefix, add
 // latency measured on its Clock, hang every client call, and isolate one
-// client. Its synchronous methods (Do, Txn, Grant, KeepAlive, Register,
-// Revoke, ExpireDue) start no goroutines and read time only from the
-// Clock, so a simulation that drives them with a core.ManualClock replays
-// exactly. OnChange reports every change in commit order to a checker.
+// client. Its synchronous methods (Do, Txn, DeleteVersion, Grant,
+// KeepAlive, Register, Revoke, ExpireDue) start no goroutines and read
+// time only from the Clock, so a simulation that drives them with a
+// core.ManualClock replays exactly. OnChange reports every change in
+// commit order to a checker.
 package memory

@@ -16,6 +16,7 @@ const (
 	opList      = "list"
 	opCreate    = "create"
 	opCAS       = "cas"
+	opDelete    = "delete" // Client.DeleteVersion, DeleteVersion
 	opTxn       = "txn"
 	opWatch     = "watch"
 	opSession   = "session"   // NewSession, Grant
@@ -32,14 +33,14 @@ type Fault struct {
 	// client.
 	Client string
 	// Ops names the operations that fail: "get", "list", "create", "cas",
-	// "txn", "watch", "session" (NewSession, Grant), "keepalive",
-	// "register", "revoke" (Session.Close, Revoke) and "expire"
-	// (Client.ExpireSession). Empty matches every operation.
+	// "delete" (DeleteVersion), "txn", "watch", "session" (NewSession,
+	// Grant), "keepalive", "register", "revoke" (Session.Close, Revoke)
+	// and "expire" (Client.ExpireSession). Empty matches every operation.
 	Ops []string
 	// KeyPrefix restricts the fault to calls whose key starts with it: the
-	// key of get, create, cas and register, the prefix of list and watch,
-	// and any op's key for txn. Calls that carry no key (session,
-	// keepalive, revoke, expire) match only an empty KeyPrefix.
+	// key of get, create, cas, delete and register, the prefix of list
+	// and watch, and any op's key for txn. Calls that carry no key
+	// (session, keepalive, revoke, expire) match only an empty KeyPrefix.
 	KeyPrefix string
 	// Err is the error the call returns, wrapped so that errors.Is finds
 	// it. nil means core.ErrUnavailable.
@@ -73,8 +74,9 @@ func (r *faultRule) matches(client, op string, keys []string) bool {
 }
 
 // InjectFault adds a fault and returns a function that removes it, which
-// is idempotent. Faults apply to Client calls and to Do, Txn, Grant,
-// KeepAlive and Register, not to Snapshot, ExpireSession or ExpireDue.
+// is idempotent. Faults apply to Client calls and to Do, Txn,
+// DeleteVersion, Grant, KeepAlive and Register, not to Snapshot,
+// ExpireSession or ExpireDue.
 // When several faults match a call, the earliest injected one answers.
 func (s *Server) InjectFault(f Fault) (remove func()) {
 	if f.Err == nil {
@@ -141,12 +143,12 @@ func (s *Server) SetHung(hung bool) {
 }
 
 // Isolate cuts the named client off from the server, or reconnects it.
-// While it is cut off, its calls (and Do, Txn, Grant, KeepAlive, Register
-// and Revoke in its name) fail at once with core.ErrUnavailable, so its
-// sessions miss their keep-alives, are declared lost by the client, and
-// later expire at the server. Cutting a client off ends its watches with a
-// last snapshot whose Err wraps core.ErrUnavailable; reconnecting does not
-// restore them.
+// While it is cut off, its calls (and Do, Txn, DeleteVersion, Grant,
+// KeepAlive, Register and Revoke in its name) fail at once with
+// core.ErrUnavailable, so its sessions miss their keep-alives, are
+// declared lost by the client, and later expire at the server. Cutting a
+// client off ends its watches with a last snapshot whose Err wraps
+// core.ErrUnavailable; reconnecting does not restore them.
 func (s *Server) Isolate(client string, cut bool) {
 	s.mu.Lock()
 	if !cut {

@@ -40,6 +40,7 @@ func TestFaultByOp(t *testing.T) {
 		"list":     func() error { _, err := c.List(ctx, "/"); return err },
 		"create":   func() error { _, err := c.Create(ctx, "/new", nil); return err },
 		"cas":      func() error { _, err := c.CompareAndSwap(ctx, "/k", nil, 1); return err },
+		"delete":   func() error { return c.DeleteVersion(ctx, "/k", 1) },
 		"txn":      func() error { _, err := c.Txn(ctx, []core.Op{{Kind: core.OpGet, Key: "/k"}}); return err },
 		"watch":    func() error { _, err := c.Watch(ctx, "/"); return err },
 		"session":  func() error { _, err := c.NewSession(ctx, core.SessionOptions{TTL: time.Minute}); return err },
@@ -63,6 +64,12 @@ func TestFaultByOp(t *testing.T) {
 	if _, err := c.Get(ctx, "/new"); !errors.Is(err, core.ErrNotFound) {
 		t.Fatalf("Get(/new) after a Create that failed by fault: err = %v, want ErrNotFound", err)
 	}
+	if _, err := c.Get(ctx, "/k"); err != nil {
+		t.Fatalf("Get(/k) after a DeleteVersion that failed by fault: %v", err)
+	}
+	remove = srv.InjectFault(Fault{Ops: []string{"delete"}, KeyPrefix: "/k"})
+	wantIs(t, "DeleteVersion(/k) with a delete fault on /k", srv.DeleteVersion("c", "/k", 1), core.ErrUnavailable)
+	remove()
 }
 
 func TestFaultByKeyPrefixAndClient(t *testing.T) {
@@ -339,6 +346,8 @@ func TestIsolation(t *testing.T) {
 	wantIs(t, "a: Get while cut off", err, core.ErrUnavailable)
 	r := srv.Do("a", core.Op{Kind: core.OpGet, Key: "/svc/a"})
 	wantIs(t, "Do as a while cut off", r.Err, core.ErrUnavailable)
+	wantIs(t, "a: DeleteVersion while cut off", a.DeleteVersion(ctx, kv.Key, kv.Version), core.ErrUnavailable)
+	wantIs(t, "DeleteVersion as a while cut off", srv.DeleteVersion("a", kv.Key, kv.Version), core.ErrUnavailable)
 	_, err = a.Watch(ctx, "/svc/")
 	wantIs(t, "a: Watch while cut off", err, core.ErrUnavailable)
 	last := drain(t, wa, "a's watch after isolation")

@@ -126,8 +126,8 @@ func New(opts Options) *Server {
 // Close shuts the server down. Every session ends (its keys are deleted,
 // reported to observers with an empty Client), every watch delivers a last
 // snapshot whose Err is core.ErrClosed and closes, and every later call
-// of a Client, or of Do, Txn, Grant, KeepAlive, Register and Revoke,
-// returns an error wrapping core.ErrClosed. Close waits for the goroutines
+// of a Client, or of Do, Txn, DeleteVersion, Grant, KeepAlive, Register
+// and Revoke, returns an error wrapping core.ErrClosed. Close waits for the goroutines
 // of the server and of its clients to stop. It is idempotent.
 func (s *Server) Close() {
 	s.mu.Lock()
@@ -367,6 +367,24 @@ func (s *Server) putLocked(client, session, key string, value []byte) core.KV {
 	ch.KV = r.kv
 	s.commitLocked(ch)
 	return cloneKV(r.kv)
+}
+
+// deleteVersionLocked deletes key if it holds version. A registered key
+// leaves its session's keys, so that the end of the session cannot
+// delete a key created again under the same name.
+func (s *Server) deleteVersionLocked(client, key string, version int64) error {
+	r, ok := s.records[key]
+	if !ok {
+		return fmt.Errorf("memory: delete %q: %w", key, core.ErrNotFound)
+	}
+	if r.kv.Version != version {
+		return fmt.Errorf("memory: delete %q: version is %d, not %d: %w", key, r.kv.Version, version, core.ErrConflict)
+	}
+	if l, ok := s.leases[r.session]; ok {
+		delete(l.keys, key)
+	}
+	s.deleteLocked(client, "", key)
+	return nil
 }
 
 // deleteLocked removes key and commits the change.

@@ -522,6 +522,8 @@ func TestNoPanics(t *testing.T) {
 		_, _ = cl.List(ctx, "")
 		_, _ = cl.Create(ctx, "/k", nil)
 		_, _ = cl.CompareAndSwap(ctx, "/k", nil, -1)
+		_ = cl.DeleteVersion(ctx, "/k", -1)
+		_ = cl.DeleteVersion(nilCtx, "", 0)
 		_, _ = cl.Txn(ctx, []core.Op{{}, {Kind: core.OpList}})
 		_, _ = cl.Txn(nilCtx, nil)
 		_ = cl.ExpireSession(ctx, "")
@@ -546,6 +548,8 @@ func TestNoPanics(t *testing.T) {
 	_ = srv.KeepAlive("", "")
 	_, _ = srv.Register("", "", "/x", nil)
 	_ = srv.Revoke("", "")
+	_ = srv.DeleteVersion("", "", 0)
+	_ = srv.DeleteVersion("", "/k", -1)
 	_ = srv.ExpireSession("")
 	srv.OnChange(nil)()
 	srv.InjectFault(Fault{Times: -3})()
@@ -554,4 +558,68 @@ func TestNoPanics(t *testing.T) {
 	srv.Isolate("", false)
 	_ = srv.SessionAlive("")
 	_ = srv.Snapshot("")
+}
+
+// TestDeleteVersion: the synchronous DeleteVersion and the Client's agree,
+// report the deletion to observers and watches, and unbind a registered
+// key from its session.
+func TestDeleteVersion(t *testing.T) {
+	ctx := testCtx(t)
+	srv, _ := manual(t, Options{ManualExpiry: true})
+	var changes []Change
+	defer srv.OnChange(func(ch Change) { changes = append(changes, ch) })()
+	c := srv.Client("c")
+	defer c.Close()
+	w, err := c.Watch(ctx, "/d/")
+	noErr(t, "Watch", err)
+	recv(t, w, "first snapshot")
+
+	a := srv.Do("x", core.Op{Kind: core.OpCreate, Key: "/d/a", Value: []byte("1")}).KV
+	wantIs(t, "DeleteVersion of a missing key", srv.DeleteVersion("c", "/d/none", 1), core.ErrNotFound)
+	wantIs(t, "DeleteVersion at another version", srv.DeleteVersion("c", a.Key, a.Version+1), core.ErrConflict)
+	wantIs(t, "DeleteVersion of the empty key", srv.DeleteVersion("c", "", 1), core.ErrInvalidArgument)
+	wantIs(t, "Client.DeleteVersion of the empty key", c.DeleteVersion(ctx, "", 1), core.ErrInvalidArgument)
+	if srv.Revision() != a.Revision || len(changes) != 1 {
+		t.Fatalf("refused deletes wrote: revision %d (want %d), %d changes (want 1)", srv.Revision(), a.Revision, len(changes))
+	}
+	noErr(t, "DeleteVersion", srv.DeleteVersion("c", a.Key, a.Version))
+	want := Change{Revision: a.Revision + 1, Key: a.Key, Deleted: true, Prev: a, Client: "c"}
+	if len(changes) != 2 || !sameChange(changes[1], want) {
+		t.Fatalf("changes %+v, want the last one %+v", changes, want)
+	}
+	if snap := srv.Snapshot("/d/"); len(snap.KVs) != 0 || snap.Revision != want.Revision {
+		t.Fatalf("Snapshot after the delete: %v at revision %d, want none at %d", keysOf(snap), snap.Revision, want.Revision)
+	}
+	for snap := recv(t, w, "watch"); len(snap.KVs) != 0 || snap.Revision != want.Revision; snap = recv(t, w, "watch") {
+	}
+
+	// A registered key, deleted and created again, is no longer the
+	// session's: revoking the session leaves it.
+	id, err := srv.Grant("s", time.Minute)
+	noErr(t, "Grant", err)
+	reg, err := srv.Register("s", id, "/d/reg", []byte("r"))
+	noErr(t, "Register", err)
+	other, err := srv.Register("s", id, "/d/other", []byte("o"))
+	noErr(t, "Register", err)
+	noErr(t, "Client.DeleteVersion of a registered key", c.DeleteVersion(ctx, reg.Key, reg.Version))
+	if last := changes[len(changes)-1]; !last.Deleted || last.Key != reg.Key || last.Session != "" || last.Client != "c" {
+		t.Fatalf("change of DeleteVersion of a registered key: %+v, want a deletion by c with no Session", last)
+	}
+	if !srv.SessionAlive(id) {
+		t.Fatal("session ended by the deletion of its key")
+	}
+	again := srv.Do("x", core.Op{Kind: core.OpCreate, Key: reg.Key, Value: []byte("plain")})
+	noErr(t, "Create again", again.Err)
+	if again.KV.Version != 1 {
+		t.Errorf("created again: Version %d, want 1 (versions count from creation)", again.KV.Version)
+	}
+	noErr(t, "Revoke", srv.Revoke("s", id))
+	if r := srv.Do("x", core.Op{Kind: core.OpGet, Key: reg.Key}); r.Err != nil || string(r.KV.Value) != "plain" {
+		t.Fatalf("Get(%q) after its old session was revoked: %+v, %v; want the key created again", reg.Key, r.KV, r.Err)
+	}
+	wantIs(t, "Get of the session's other key", srv.Do("x", core.Op{Kind: core.OpGet, Key: other.Key}).Err, core.ErrNotFound)
+
+	srv.Close()
+	wantIs(t, "DeleteVersion after Close", srv.DeleteVersion("c", reg.Key, 1), core.ErrClosed)
+	wantIs(t, "Client.DeleteVersion after Close", c.DeleteVersion(ctx, reg.Key, 1), core.ErrClosed)
 }

@@ -42,6 +42,22 @@ func (s *Server) Txn(client string, ops []core.Op) ([]core.OpResult, error) {
 	return s.txnLocked(client, ops), nil
 }
 
+// DeleteVersion deletes key in the name of client if its version is
+// version, as Client.DeleteVersion does.
+// Errors: ErrInvalidArgument for an empty key; ErrNotFound if the key
+// does not exist; ErrConflict if it has another version.
+func (s *Server) DeleteVersion(client, key string, version int64) error {
+	if key == "" {
+		return emptyKey(opDelete)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.admitLocked(client, opDelete, []string{key}); err != nil {
+		return err
+	}
+	return s.deleteVersionLocked(client, key, version)
+}
+
 // Grant opens a session with deadline Clock.Now()+ttl and returns its id.
 // Nothing keeps it alive: call KeepAlive.
 // Errors: ErrInvalidArgument if ttl <= 0.
