@@ -118,10 +118,18 @@ func TestAuth(t *testing.T) {
 		}
 	}
 	w.until(10*time.Second, "every write", holds(map[string]string{p + "node-a": "a", p + "primary": "d", p + "epoch": "1"}))
+	epoch, err := st.Get(ctx, p+"epoch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.DeleteVersion(ctx, p+"epoch", epoch.Version); err != nil {
+		t.Fatalf("DeleteVersion: %v", err)
+	}
+	w.until(10*time.Second, "the deleted key gone", holds(map[string]string{p + "node-a": "a", p + "primary": "d"}))
 	if err := s.Close(ctx); err != nil {
 		t.Fatalf("Session.Close (revoke): %v", err)
 	}
-	w.until(10*time.Second, "the session's key gone", holds(map[string]string{p + "primary": "d", p + "epoch": "1"}))
+	w.until(10*time.Second, "the session's key gone", holds(map[string]string{p + "primary": "d"}))
 
 	s2, err := st.NewSession(ctx, core.SessionOptions{TTL: conformanceTTL})
 	if err != nil {
@@ -133,7 +141,7 @@ func TestAuth(t *testing.T) {
 	if err := st.ExpireSession(ctx, s2.ID()); err != nil {
 		t.Fatalf("ExpireSession: %v", err)
 	}
-	w.until(10*time.Second, "the expired session's key gone", holds(map[string]string{p + "primary": "d", p + "epoch": "1"}))
+	w.until(10*time.Second, "the expired session's key gone", holds(map[string]string{p + "primary": "d"}))
 }
 
 // TestAuthWrongPassword: New authenticates, and a wrong password fails
@@ -203,6 +211,7 @@ func TestAuthPermissionDenied(t *testing.T) {
 		{"List of everything", func() error { _, err := st.List(ctx, ""); return err }},
 		{"Create", func() error { _, err := st.Create(ctx, outside, []byte("v")); return err }},
 		{"CompareAndSwap", func() error { _, err := st.CompareAndSwap(ctx, outside, []byte("v"), 1); return err }},
+		{"DeleteVersion", func() error { return st.DeleteVersion(ctx, outside, 1) }},
 		{"Register", func() error { _, err := s.Register(ctx, outside, []byte("v")); return err }},
 		{"Txn with one key outside", func() error {
 			_, err := st.Txn(ctx, []core.Op{

@@ -1,10 +1,10 @@
 // Package etcd is the concord store on an etcd v3 cluster, through
 // go.etcd.io/etcd/client/v3.
 //
-// A *Store implements core.Store, core.Txner and core.Expirer and passes
-// backends/storetest against one member and against a cluster of three
-// (with ExactListRevision false). Keys and values go to etcd untouched:
-// no prefix is added and nothing is encoded.
+// A *Store implements core.Store, core.Txner, core.Expirer and
+// core.Deleter and passes backends/storetest against one member and
+// against a cluster of three (with ExactListRevision false). Keys and
+// values go to etcd untouched: no prefix is added and nothing is encoded.
 //
 // # What it promises
 //
@@ -15,6 +15,8 @@
 //   - Create is a Txn "if CreateRevision = 0 then put". CompareAndSwap is
 //     "if ModRevision = version then put, else count the key", which
 //     tells ErrNotFound from ErrConflict in the same round trip.
+//     DeleteVersion is "if ModRevision = version then delete, else count
+//     the key", likewise; etcd detaches a deleted key from its lease.
 //   - A Txn is one etcd transaction of nested ones (see txn.go): one
 //     atomic step, every condition and guard judged against the state
 //     before it. All its writes get the same revision.

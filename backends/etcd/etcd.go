@@ -25,6 +25,7 @@ var (
 	_ core.Store   = (*Store)(nil)
 	_ core.Txner   = (*Store)(nil)
 	_ core.Expirer = (*Store)(nil)
+	_ core.Deleter = (*Store)(nil)
 )
 
 // Defaults of Config, applied where a field is zero.
@@ -77,7 +78,7 @@ type Config struct {
 }
 
 // Store is a core.Store on an etcd v3 cluster. It also implements
-// core.Txner and core.Expirer. It is safe for concurrent use.
+// core.Txner, core.Expirer and core.Deleter. It is safe for concurrent use.
 type Store struct {
 	cli    *clientv3.Client
 	owned  bool // Close closes cli

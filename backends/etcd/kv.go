@@ -20,6 +20,7 @@ const (
 	opList     = "list"
 	opCreate   = "create"
 	opCAS      = "compare-and-swap"
+	opDelete   = "delete"
 	opWatch    = "watch"
 	opTxn      = "txn"
 	opSession  = "new session"
@@ -102,6 +103,41 @@ func (s *Store) CompareAndSwap(ctx context.Context, key string, value []byte, ve
 	return s.write(ctx, opCAS, core.Op{Kind: core.OpCAS, Key: key, Value: value, Version: version}, clientv3.NoLease)
 }
 
+// DeleteVersion implements core.Deleter: a Txn that deletes key if its
+// ModRevision is version, and otherwise counts the key, so that
+// ErrNotFound and ErrConflict are told apart in one round trip, as for
+// CompareAndSwap. etcd detaches a deleted key from its lease, so a key
+// created again under that name does not go with the session.
+func (s *Store) DeleteVersion(ctx context.Context, key string, version int64) error {
+	if key == "" {
+		return emptyKey(opDelete)
+	}
+	if err := s.usable(ctx, opDelete); err != nil {
+		return err
+	}
+	resp, err := s.cli.Txn(ctx).
+		If(modRevisionIs(key, version)).
+		Then(clientv3.OpDelete(key)).
+		Else(clientv3.OpGet(key, clientv3.WithCountOnly())).
+		Commit()
+	if err != nil {
+		return s.convertError(ctx, opDelete, key, err)
+	}
+	if resp.Succeeded {
+		return nil
+	}
+	if !counted(resp.Responses) {
+		return fmt.Errorf("etcd: delete %q: %w", key, core.ErrNotFound)
+	}
+	return fmt.Errorf("etcd: delete %q at version %d: %w", key, version, core.ErrConflict)
+}
+
+// counted reads the count of the else branch of a conditional write: does
+// its key exist?
+func counted(responses []*pb.ResponseOp) bool {
+	return len(responses) == 1 && responses[0].GetResponseRange() != nil && responses[0].GetResponseRange().Count > 0
+}
+
 // write runs one write op as a Txn of its own, bound to lease unless it
 // is NoLease.
 func (s *Store) write(ctx context.Context, op string, o core.Op, lease clientv3.LeaseID) (core.KV, error) {
@@ -170,10 +206,7 @@ func writeResult(o core.Op, succeeded bool, rev int64, responses []*pb.ResponseO
 	if succeeded {
 		return core.KV{Key: o.Key, Value: bytes.Clone(o.Value), Version: rev, Revision: rev}, nil
 	}
-	exists := false
-	if len(responses) == 1 && responses[0].GetResponseRange() != nil {
-		exists = responses[0].GetResponseRange().Count > 0
-	}
+	exists := counted(responses)
 	switch {
 	case o.Kind == core.OpCreate && exists:
 		return core.KV{}, fmt.Errorf("etcd: create %q: %w", o.Key, core.ErrExists)
