@@ -24,6 +24,7 @@ var (
 	_ core.Store   = (*Store)(nil)
 	_ core.Txner   = (*Store)(nil)
 	_ core.Expirer = (*Store)(nil)
+	_ core.Deleter = (*Store)(nil)
 )
 
 // Defaults of Config, applied where a field is zero.
@@ -91,8 +92,8 @@ type agent struct {
 }
 
 // Store is a core.Store on Consul's KV store, sessions and transactions.
-// It also implements core.Txner and core.Expirer. It is safe for
-// concurrent use.
+// It also implements core.Txner, core.Expirer and core.Deleter. It is
+// safe for concurrent use.
 type Store struct {
 	cfg    Config
 	log    *slog.Logger

@@ -90,6 +90,9 @@ func TestNewDoesNotWait(t *testing.T) {
 	if _, err := st.Create(ctx, "k", nil); !errors.Is(err, core.ErrUnavailable) {
 		t.Errorf("Create on an agent that refuses connections: %v, want ErrUnavailable", err)
 	}
+	if err := st.DeleteVersion(ctx, "k", 1); !errors.Is(err, core.ErrUnavailable) {
+		t.Errorf("DeleteVersion on an agent that refuses connections: %v, want ErrUnavailable", err)
+	}
 }
 
 // TestKeys: Consul keys cannot be empty, start with "/" (the error says
@@ -102,6 +105,7 @@ func TestKeys(t *testing.T) {
 		_, calls["Get"] = st.Get(ctx, key)
 		_, calls["Create"] = st.Create(ctx, key, nil)
 		_, calls["CompareAndSwap"] = st.CompareAndSwap(ctx, key, nil, 1)
+		calls["DeleteVersion"] = st.DeleteVersion(ctx, key, 1)
 		_, calls["Txn"] = st.Txn(ctx, []core.Op{{Kind: core.OpGet, Key: key}})
 		if key != "" {
 			_, calls["List"] = st.List(ctx, key)
@@ -167,6 +171,7 @@ func TestParseState(t *testing.T) {
 			"failed index check for key " + q + ", current modify index 23 != 22": {known: true, exists: true, index: 23},
 			"failed to check index, key " + q + " doesn't exist":                  {known: true},
 			"failed to set key " + q + ", index is stale":                         {known: true, exists: true},
+			"failed to delete key " + q + ", index is stale":                      {known: true, exists: true},
 			"key " + q + " exists":                                                {known: true, exists: true},
 			"key " + q + " doesn't exist":                                         {known: true},
 			"something else about " + q:                                           {},

@@ -1,14 +1,14 @@
 // Package consul is the concord store on Consul's KV store, sessions and
 // transactions, through github.com/hashicorp/consul/api.
 //
-// A *Store implements core.Store, core.Txner and core.Expirer and passes
-// backends/storetest against a Consul 1.16 agent, with and without ACLs
-// (with ExactListRevision false; see List below). Keys and values go to
-// Consul untouched, but Consul keys cannot start with "/": such keys are
-// refused with core.ErrInvalidArgument (use "concord/..." where etcd
-// would use "/concord/..."), as are keys with an empty, "." or ".." path
-// segment ("a//b", "a/../b"), which Consul's HTTP API redirects to
-// another key.
+// A *Store implements core.Store, core.Txner, core.Expirer and
+// core.Deleter and passes backends/storetest against a Consul 1.16 agent,
+// with and without ACLs (with ExactListRevision false; see List below).
+// Keys and values go to Consul untouched, but Consul keys cannot start
+// with "/": such keys are refused with core.ErrInvalidArgument (use
+// "concord/..." where etcd would use "/concord/..."), as are keys with an
+// empty, "." or ".." path segment ("a//b", "a/../b"), which Consul's HTTP
+// API redirects to another key.
 //
 // # How each primitive maps
 //
@@ -27,6 +27,11 @@
 //     keep a registered key's session: Consul's "set" leaves the session
 //     of an existing key as it is (its LockIndex goes back to 0, which
 //     concord does not use).
+//   - DeleteVersion is a transaction of "check-index" then "delete-cas"
+//     at the same index: the failed check tells ErrNotFound from
+//     ErrConflict in the same round trip (a lone "delete-cas" of a
+//     missing key succeeds). A key a session holds is deleted as any
+//     other; the session lives on and keeps its other keys.
 //   - A session is a Consul session with a TTL and nothing else: no node
 //     or service health checks (the empty check lists keep Consul from
 //     adding the agent's serfHealth), Behavior "delete", and a lock-delay

@@ -21,6 +21,7 @@ const (
 	opList     = "list"
 	opCreate   = "create"
 	opCAS      = "compare-and-swap"
+	opDelete   = "delete"
 	opWatch    = "watch"
 	opTxn      = "txn"
 	opSession  = "new session"
@@ -203,7 +204,7 @@ func (s *Store) CompareAndSwap(ctx context.Context, key string, value []byte, ve
 	}
 	defer end()
 	if version <= 0 {
-		return core.KV{}, s.casFailed(ctx, cctx, key, version, state{})
+		return core.KV{}, s.condFailed(ctx, cctx, opCAS, key, version, state{})
 	}
 	ops := api.TxnOps{
 		{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: key, Index: uint64(version)}},
@@ -214,27 +215,65 @@ func (s *Store) CompareAndSwap(ctx context.Context, key string, value []byte, ve
 	case err != nil:
 		return core.KV{}, s.convertError(ctx, opCAS, key, err)
 	case failed:
-		var st state
-		for _, e := range resp.Errors {
-			if e.OpIndex == 0 {
-				st = parseState(e.What, key)
-			}
-		}
-		return core.KV{}, s.casFailed(ctx, cctx, key, version, st)
+		return core.KV{}, s.condFailed(ctx, cctx, opCAS, key, version, firstCheck(resp.Errors, key))
 	}
 	return written(key, value, resp.Results, 1)
 }
 
-// casFailed returns the error of a compare-and-swap of key at version
-// that did not apply, given what the transaction said of the key. If it
-// said nothing that can be read, a consistent read decides: the
-// compare-and-swap failed, and the key is found missing, or present at
+// DeleteVersion implements core.Deleter: a transaction of "check-index"
+// then "delete-cas" at the same index. The check is what tells a missing
+// key (ErrNotFound) from one at another index (ErrConflict) in the same
+// round trip: a lone "delete-cas" of a missing key succeeds. Consul
+// deletes a key held by a session as any other, and the session keeps
+// its other keys. A version that no record can have (0 or less) is
+// answered by a read, and deletes nothing.
+func (s *Store) DeleteVersion(ctx context.Context, key string, version int64) error {
+	if err := checkKey(opDelete, key); err != nil {
+		return err
+	}
+	cctx, end, err := s.begin(ctx, opDelete)
+	if err != nil {
+		return err
+	}
+	defer end()
+	if version <= 0 {
+		return s.condFailed(ctx, cctx, opDelete, key, version, state{})
+	}
+	ops := api.TxnOps{
+		{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: key, Index: uint64(version)}},
+		{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: key, Index: uint64(version)}},
+	}
+	resp, failed, err := s.txn(cctx, ops, false)
+	switch {
+	case err != nil:
+		return s.convertError(ctx, opDelete, key, err)
+	case failed:
+		return s.condFailed(ctx, cctx, opDelete, key, version, firstCheck(resp.Errors, key))
+	}
+	return nil
+}
+
+// firstCheck is what the failed "check-index" that opens a transaction
+// said of key; unknown if it did not fail or said nothing readable.
+func firstCheck(errs api.TxnErrors, key string) state {
+	for _, e := range errs {
+		if e.OpIndex == 0 {
+			return parseState(e.What, key)
+		}
+	}
+	return state{}
+}
+
+// condFailed returns the error of op (a compare-and-swap or a delete) of
+// key at version that did not apply, given what the transaction said of
+// the key. If it said nothing that can be read, a consistent read
+// decides: op failed, and the key is found missing, or present at
 // another version, within the call.
-func (s *Store) casFailed(ctx, cctx context.Context, key string, version int64, st state) error {
+func (s *Store) condFailed(ctx, cctx context.Context, op, key string, version int64, st state) error {
 	if !st.known {
 		pair, err := s.get(cctx, key)
 		if err != nil {
-			return s.convertError(ctx, opCAS, key, err)
+			return s.convertError(ctx, op, key, err)
 		}
 		st = state{known: true, exists: pair != nil}
 		if pair != nil {
@@ -242,9 +281,9 @@ func (s *Store) casFailed(ctx, cctx context.Context, key string, version int64, 
 		}
 	}
 	if !st.exists {
-		return fmt.Errorf("consul: compare-and-swap %q: %w", key, core.ErrNotFound)
+		return fmt.Errorf("consul: %s %q: %w", op, key, core.ErrNotFound)
 	}
-	return fmt.Errorf("consul: compare-and-swap %q at version %d (current %d): %w", key, version, st.index, core.ErrConflict)
+	return fmt.Errorf("consul: %s %q at version %d (current %d): %w", op, key, version, st.index, core.ErrConflict)
 }
 
 // written is the record a transaction wrote to key, from the result at
