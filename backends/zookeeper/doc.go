@@ -1,9 +1,9 @@
 // Package zookeeper is the concord store on a ZooKeeper ensemble, through
 // github.com/go-zookeeper/zk (tested with ZooKeeper 3.8).
 //
-// A *Store implements core.Store and core.Expirer and passes
-// backends/storetest against a standalone server with ExactListRevision
-// true. It does not implement core.Txner (see below).
+// A *Store implements core.Store, core.Expirer and core.Deleter and
+// passes backends/storetest against a standalone server with
+// ExactListRevision true. It does not implement core.Txner (see below).
 //
 // # Mapping
 //
@@ -28,7 +28,10 @@
 //     again).
 //   - CompareAndSwap is a set conditional on the version: zk.ErrNoNode is
 //     core.ErrNotFound; zk.ErrBadVersion is core.ErrConflict, unless a
-//     read then finds only a folder (core.ErrNotFound).
+//     read then finds only a folder (core.ErrNotFound). DeleteVersion is
+//     a delete conditional on the version, with the same errors; any
+//     client may delete a key registered to a session (an ephemeral
+//     znode), and the session lives on.
 //   - List reads the znodes under the prefix one by one, then checks
 //     with Exists calls, sent after every read was answered, that the
 //     Czxid, Mzxid and Pzxid of each are as read (a child created or
@@ -160,7 +163,11 @@
 //     backoff until a quiet moment.
 //   - A key that has keys below it cannot be registered (ephemeral
 //     znodes have no children), nor can a key be created below a
-//     registered one: core.ErrInvalidArgument.
+//     registered one, nor can it be deleted (ZooKeeper deletes no znode
+//     with children): core.ErrInvalidArgument.
+//   - A key deleted and created again starts again at version 1, as its
+//     znode does: a version read before the deletion may match the new
+//     record (core.KV.Version allows it).
 //   - Znodes written by other clients: a znode with data counts as a key
 //     even if another client wrote it (its Version may then be 0), and
 //     folders created by other clients with empty rather than null data

@@ -19,6 +19,7 @@ const (
 	opList     = "list"
 	opCreate   = "create"
 	opCAS      = "compare-and-swap"
+	opDelete   = "delete"
 	opWatch    = "watch"
 	opSession  = "new session"
 	opRegister = "register"

@@ -192,21 +192,64 @@ func (s *Store) CompareAndSwap(ctx context.Context, key string, value []byte, ve
 				return core.KV{}, err
 			}
 		}
-		// No key holds this version now (no key ever holds one out of
-		// range): is there a key at all?
-		data, _, err := s.conn.Get(p)
-		switch {
-		case errors.Is(err, zk.ErrNoNode):
-			return core.KV{}, fail("zookeeper: compare-and-swap %q: %w", key, core.ErrNotFound)
-		case err != nil:
-			return core.KV{}, err
-		case data == nil:
-			return core.KV{}, fail("zookeeper: compare-and-swap %q: only a folder of other keys: %w", key, core.ErrNotFound)
-		}
-		return core.KV{}, fail("zookeeper: compare-and-swap %q at version %d: %w", key, version, core.ErrConflict)
+		return core.KV{}, s.versionMissed(opCAS, p, key, version)
 	})
 	if err != nil {
 		return core.KV{}, s.result(ctx, opCAS, key, err)
 	}
 	return kv, nil
+}
+
+// versionMissed returns the error of op on key (znode p) conditional on
+// a version that the znode did not have: no key holds that version now
+// (no key ever holds one out of range), but is there a key at all? A
+// folder is not one.
+func (s *Store) versionMissed(op, p, key string, version int64) error {
+	data, _, err := s.conn.Get(p)
+	switch {
+	case errors.Is(err, zk.ErrNoNode):
+		return fail("zookeeper: %s %q: %w", op, key, core.ErrNotFound)
+	case err != nil:
+		return err
+	case data == nil:
+		return fail("zookeeper: %s %q: only a folder of other keys: %w", op, key, core.ErrNotFound)
+	}
+	return fail("zookeeper: %s %q at version %d: %w", op, key, version, core.ErrConflict)
+}
+
+// DeleteVersion implements core.Deleter: a delete conditional on the
+// znode version, which no folder can match (see above); when it fails on
+// the version, a read tells a folder or nothing (ErrNotFound) from a key
+// with another version (ErrConflict), as for CompareAndSwap. Any client
+// may delete a key registered to a session, which lives on. ZooKeeper
+// deletes no znode with children, so a key with keys below it is refused
+// with core.ErrInvalidArgument. The folders above the key stay.
+func (s *Store) DeleteVersion(ctx context.Context, key string, version int64) error {
+	p, err := znodePath(opDelete, key)
+	if err != nil {
+		return err
+	}
+	if err := s.usable(ctx, opDelete); err != nil {
+		return err
+	}
+	_, err = do(s, ctx, func() (struct{}, error) {
+		if version >= 1 && version <= math.MaxInt32 {
+			err := s.conn.Delete(p, int32(version))
+			switch {
+			case err == nil:
+				return struct{}{}, nil
+			case errors.Is(err, zk.ErrNoNode):
+				return struct{}{}, fail("zookeeper: delete %q: %w", key, core.ErrNotFound)
+			case errors.Is(err, zk.ErrNotEmpty):
+				return struct{}{}, fail("zookeeper: delete %q: other keys are below it, and ZooKeeper deletes no znode with children: delete them first: %w", key, core.ErrInvalidArgument)
+			case !errors.Is(err, zk.ErrBadVersion):
+				return struct{}{}, err
+			}
+		}
+		return struct{}{}, s.versionMissed(opDelete, p, key, version)
+	})
+	if err != nil {
+		return s.result(ctx, opDelete, key, err)
+	}
+	return nil
 }

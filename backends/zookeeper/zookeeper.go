@@ -19,6 +19,7 @@ import (
 var (
 	_ core.Store   = (*Store)(nil)
 	_ core.Expirer = (*Store)(nil)
+	_ core.Deleter = (*Store)(nil)
 )
 
 // Defaults of Config, applied where a field is zero.
@@ -137,8 +138,8 @@ func endpoint(ep string) (string, error) {
 // Store is a core.Store on a ZooKeeper ensemble, through one connection
 // (one ZooKeeper session, to which nothing is bound) for reads, writes
 // and watches, plus one connection per core.Session. It also implements
-// core.Expirer for the sessions this process opened. It is safe for
-// concurrent use.
+// core.Deleter, and core.Expirer for the sessions this process opened. It
+// is safe for concurrent use.
 type Store struct {
 	cfg  Config
 	log  *slog.Logger

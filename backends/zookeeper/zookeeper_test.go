@@ -88,6 +88,12 @@ func TestNoServer(t *testing.T) {
 	if _, err := st.Create(context.Background(), "a//b", nil); !errors.Is(err, core.ErrInvalidArgument) {
 		t.Errorf("Create of a bad key: %v, want ErrInvalidArgument", err)
 	}
+	if err := st.DeleteVersion(context.Background(), "a/", 1); !errors.Is(err, core.ErrInvalidArgument) {
+		t.Errorf("DeleteVersion of a bad key: %v, want ErrInvalidArgument", err)
+	}
+	if err := st.DeleteVersion(ctx, "k", 1); !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, core.ErrUnavailable) {
+		t.Errorf("DeleteVersion with no server: %v, want the context's error or ErrUnavailable", err)
+	}
 	if _, err := st.List(context.Background(), "a//"); !errors.Is(err, core.ErrInvalidArgument) {
 		t.Errorf("List of a bad prefix: %v, want ErrInvalidArgument", err)
 	}
@@ -112,6 +118,9 @@ func TestNoServer(t *testing.T) {
 	}
 	if _, err := st.Get(context.Background(), "k"); !errors.Is(err, core.ErrClosed) {
 		t.Errorf("Get on a closed Store: %v, want ErrClosed", err)
+	}
+	if err := st.DeleteVersion(context.Background(), "k", 1); !errors.Is(err, core.ErrClosed) {
+		t.Errorf("DeleteVersion on a closed Store: %v, want ErrClosed", err)
 	}
 	if _, err := st.Watch(context.Background(), "k/"); !errors.Is(err, core.ErrClosed) {
 		t.Errorf("Watch on a closed Store: %v, want ErrClosed", err)
