@@ -54,6 +54,9 @@ func checkCancelledContext(c *check) {
 	if exp, ok := st.(core.Expirer); ok {
 		want("ExpireSession", exp.ExpireSession(ctx, live.ID()))
 	}
+	if d, ok := st.(core.Deleter); ok {
+		want("DeleteVersion", d.DeleteVersion(ctx, existing.Key, existing.Version))
+	}
 	// The client is still usable with a live context.
 	c.mustGet(st, existing.Key)
 	if isClosed(live.Done()) {
@@ -75,6 +78,9 @@ func checkEmptyKey(c *check) {
 	want("Create", err)
 	_, err = st.CompareAndSwap(c.ctx, "", []byte("v"), 1)
 	want("CompareAndSwap", err)
+	if d, ok := st.(core.Deleter); ok {
+		want("DeleteVersion", d.DeleteVersion(c.ctx, "", 1))
+	}
 	s := c.session(st)
 	_, err = s.Register(c.ctx, "", []byte("v"))
 	want("Session.Register", err)

@@ -9,6 +9,10 @@
 // Every wait is bounded by a deadline derived from the TTL. The suite
 // closes every client it asks the Factory for, and cancels every watch it
 // starts, by the end of the check that made them.
+//
+// The checks of the optional capabilities (core.Txner, core.Expirer,
+// core.Deleter) run when the store's client implements them, and are
+// skipped, saying so, when it does not.
 package storetest
 
 import (
@@ -21,6 +25,7 @@ import (
 	"time"
 
 	"github.com/concordha/concord/core"
+	"github.com/concordha/concord/internal/poll"
 )
 
 // Factory tells the suite how to reach the store under test.
@@ -61,7 +66,7 @@ func Run(t *testing.T, f Factory) {
 }
 
 // checks lists the suite in the order it runs. Each file adds its own.
-var checks = concat(kvChecks, listChecks, watchChecks, sessionChecks, txnChecks, miscChecks)
+var checks = concat(kvChecks, listChecks, watchChecks, sessionChecks, txnChecks, deleteChecks, miscChecks)
 
 type namedCheck struct {
 	name string
@@ -155,19 +160,7 @@ func (c *check) eventually(timeout time.Duration, what string, cond func() error
 // instead of a sleep.
 func Eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(min(max(timeout/500, time.Millisecond), 10*time.Millisecond))
-	defer tick.Stop()
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still not true after %v: %v", what, timeout, err)
-		}
-		<-tick.C
-	}
+	poll.Eventually(t, timeout, what, cond)
 }
 
 // consistently polls cond for the whole of d, failing the check as soon as
