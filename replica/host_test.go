@@ -309,8 +309,12 @@ func (c *cluster) settled(svc string, want int) (string, []string) {
 	eventually(c.t, 20*ttl, func() error {
 		prim, secs = "", nil
 		for id, m := range c.members {
+			p, ok := m.prov[svc]
+			if !ok {
+				continue // not a provider of svc
+			}
 			st, _ := m.node.Status(svc)
-			_, role, _ := m.prov[svc].snapshot()
+			_, role, _ := p.snapshot()
 			if st.Role == core.RolePrimary && role == core.RolePrimary {
 				if prim != "" {
 					return fmt.Errorf("two primaries: %s and %s", prim, id)

@@ -571,14 +571,9 @@ type DepartedRecord struct {
 	Services map[string]time.Time `json:"services,omitempty"`
 }
 
-// deleter is core.Deleter's method: a conditional delete.
-type deleter interface {
-	DeleteVersion(ctx context.Context, key string, version int64) error
-}
-
 func (m *Manager) collect(ctx context.Context, f fence, members map[string]core.MemberRecord) error {
 	keys, st := m.cfg.Keys, m.cfg.Store
-	del, ok := st.(deleter)
+	del, ok := st.(core.Deleter)
 	if !ok {
 		return nil // the store cannot delete conditionally: records stay
 	}

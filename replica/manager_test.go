@@ -136,3 +136,42 @@ func TestManagerWritesPlans(t *testing.T) {
 		return nil
 	})
 }
+
+// TestManagerRemovesDepartedRecords: once a node, or a service, has been
+// gone for DepartedGrace, the manager deletes its records; those of live
+// nodes and services stay.
+func TestManagerRemovesDepartedRecords(t *testing.T) {
+	c := newCluster(t)
+	grace := 300 * time.Millisecond
+	for _, id := range []string{"a", "b"} {
+		c.start(id, svc{name: "db"}, managerSvc(grace))
+	}
+	c.start("c", svc{name: "db"}, svc{name: "old"}, managerSvc(grace))
+	c.settled("db", 1)
+	c.settled("old", 0)
+	st := c.srv.Client("cli")
+	ctx := context.Background()
+	exists := func(key string) bool {
+		_, err := st.Get(ctx, key)
+		return err == nil
+	}
+	for _, k := range []string{"concord/cand/db/c", "concord/primary/old", "concord/cand/old/c"} {
+		if !exists(k) {
+			t.Fatalf("%s missing before c left", k)
+		}
+	}
+	c.stop("c")
+	eventually(t, 20*ttl+10*grace, func() error {
+		for _, k := range []string{"concord/cand/db/c", "concord/primary/old", "concord/cand/old/c"} {
+			if exists(k) {
+				return fmt.Errorf("%s still there", k)
+			}
+		}
+		return nil
+	})
+	for _, k := range []string{"concord/cand/db/a", "concord/cand/db/b", "concord/primary/db"} {
+		if !exists(k) {
+			t.Fatalf("%s of a live node or service was removed", k)
+		}
+	}
+}
