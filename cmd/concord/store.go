@@ -21,7 +21,7 @@ import (
 // nodeStore is the store a node runs on, with whatever runs it in this
 // process (the embedded etcd, the memory server). The backend is a named
 // field, not embedded, so that core gets the backend itself and sees its
-// optional capabilities (Txner, Expirer), which a wrapper would hide.
+// optional capabilities (Txner, Expirer, Deleter), which a wrapper would hide.
 type nodeStore struct {
 	store   core.Store
 	done    <-chan struct{} // closed if an in-process server stops; nil if none
