@@ -87,7 +87,10 @@ func TestAuth(t *testing.T) {
 
 	w := startWatch(t, st, p)
 	w.until(10*time.Second, "first snapshot", holds(map[string]string{}))
-	s, err := st.NewSession(ctx, core.SessionOptions{TTL: conformanceTTL})
+	// A session that outlives a loaded machine's slow steps: the test ends
+	// it itself (closing, then expiring one), and never waits for a TTL.
+	const sessionTTL = 10 * time.Second
+	s, err := st.NewSession(ctx, core.SessionOptions{TTL: sessionTTL})
 	if err != nil {
 		t.Fatalf("NewSession: %v", err)
 	}
@@ -131,7 +134,7 @@ func TestAuth(t *testing.T) {
 	}
 	w.until(10*time.Second, "the session's key gone", holds(map[string]string{p + "primary": "d"}))
 
-	s2, err := st.NewSession(ctx, core.SessionOptions{TTL: conformanceTTL})
+	s2, err := st.NewSession(ctx, core.SessionOptions{TTL: sessionTTL})
 	if err != nil {
 		t.Fatal(err)
 	}
