@@ -123,7 +123,8 @@ func Start(ctx context.Context, st Store, cfg Config) (*Node, error) {
 
 // Events returns the node's role changes, in order. The channel is closed
 // when the node stops. The node never blocks on a slow reader: events
-// queue up until read.
+// queue up until read. When an event is sent, Status and Fence already
+// reflect it (or something newer).
 func (n *Node) Events() <-chan Event { return n.events.out }
 
 // Done is closed when the node has stopped.
@@ -402,6 +403,9 @@ func (n *Node) flush() {
 	for _, w := range r.Warnings {
 		n.log.Warn("bad record in the store", "err", w)
 	}
+	// Status first: whoever reads an event finds Status and Fence
+	// already saying the same.
+	n.publish(r.Changed)
 	for _, ev := range r.Events {
 		n.log.Info("role", "service", ev.Service, "role", ev.Role.String(), "primary", ev.Primary, "epoch", ev.Epoch, "token", ev.Token)
 		n.events.push(ev)
@@ -418,7 +422,6 @@ func (n *Node) flush() {
 			delete(n.rosterWaits, rr.ID)
 		}
 	}
-	n.publish(r.Changed)
 	kept := n.waiters[:0]
 	for _, w := range n.waiters {
 		if w.cond() {
