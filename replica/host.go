@@ -403,6 +403,11 @@ func (h *Host) start(ctx context.Context, s *hosted) error {
 }
 
 func (h *Host) promote(ctx context.Context, s *hosted, ev core.Event) {
+	if _, err := h.node.Fence(s.spec.Name); err != nil {
+		// The event is already stale: the node lost the role (its next
+		// event says so).
+		return
+	}
 	s.mu.Lock()
 	running := s.role != core.RoleNone
 	s.mu.Unlock()
@@ -455,7 +460,9 @@ func (h *Host) demote(ctx context.Context, s *hosted, ev core.Event) {
 		w.done <- syncResult{err: fmt.Errorf("%w: %q: this node stopped being primary", core.ErrNotPrimary, s.spec.Name)}
 	}
 	role := ev.Role
-	if role == core.RoleNone {
+	if role == core.RoleNone || role == core.RolePrimary {
+		// RolePrimary: the session is gone, and the event saying so has
+		// not come yet.
 		role = core.RoleSpare
 	}
 	in := h.info(s, ev, role)

@@ -34,6 +34,23 @@ func (h *Host) check(ctx context.Context, s *hosted) error {
 	if role == core.RoleNone {
 		return fmt.Errorf("%w: it is not started", ErrNotRunning)
 	}
+	if role == core.RolePrimary {
+		if _, err := h.node.Fence(s.spec.Name); err != nil {
+			// The node is no longer the primary, or its session is gone,
+			// and the event loop has not demoted the provider yet (it may
+			// be busy with another service): demote it from here, so that
+			// a stale primary stops serving within a monitor interval.
+			// Nor does a monitor run as primary then, which would renew
+			// the service's own lease, if it keeps one.
+			s.trans.Lock()
+			if ev, role := s.state(); role == core.RolePrimary {
+				h.log.Warn("the node lost the primary role: demoting the service", "service", s.spec.Name, "err", err)
+				h.demote(ctx, s, ev)
+			}
+			s.trans.Unlock()
+			return nil
+		}
+	}
 	in := h.info(s, ev, role)
 	return h.do(ctx, s, func(c context.Context) error { return s.spec.Provider.Monitor(c, in) })
 }
