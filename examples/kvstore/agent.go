@@ -54,10 +54,11 @@ type agent struct {
 	stdout io.Writer
 	stderr io.Writer
 
-	listen string // CONCORD_PARAM_LISTEN, as the daemon listens
-	base   string // the daemon's URL as the agent reaches it
-	dir    string // CONCORD_PARAM_DIR, absolute
-	sync   bool   // CONCORD_PARAM_SYNC
+	listen string        // CONCORD_PARAM_LISTEN, as the daemon listens
+	base   string        // the daemon's URL as the agent reaches it
+	dir    string        // CONCORD_PARAM_DIR, absolute
+	sync   bool          // CONCORD_PARAM_SYNC
+	lease  time.Duration // CONCORD_PARAM_LEASE; 0 is off
 
 	timeout time.Duration
 	client  *http.Client
@@ -149,6 +150,17 @@ func (a *agent) configure() int {
 			return exitConfigured
 		}
 	}
+	if v := a.getenv("CONCORD_PARAM_LEASE"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err == nil {
+			err = checkLease(d)
+		}
+		if err != nil {
+			fmt.Fprintf(a.stderr, "kvstore agent: %s: CONCORD_PARAM_LEASE=%q: %v: want a duration such as 5s, or 0 for off (param lease)\n", a.action, v, err)
+			return exitConfigured
+		}
+		a.lease = d
+	}
 	a.timeout = defaultTimeout
 	if v := a.getenv("CONCORD_TIMEOUT_MS"); v != "" {
 		ms, err := strconv.ParseInt(v, 10, 64)
@@ -172,14 +184,21 @@ func (a *agent) notef(format string, args ...any) {
 	fmt.Fprintf(a.stderr, "kvstore agent: %s: %s\n", a.action, fmt.Sprintf(format, args...))
 }
 
-// start launches the daemon as a spare, unless it already runs healthy.
+// start launches the daemon as a spare, unless it already runs healthy
+// with the lease the parameter asks for.
 func (a *agent) start(ctx context.Context) int {
 	if pid := a.runningPID(); pid != 0 {
 		h, err := a.health(ctx)
-		if err == nil && h.PID == pid {
+		if err == nil && h.PID == pid && h.LeaseMS == a.lease.Milliseconds() {
 			return exitOK
 		}
-		a.notef("kvstore serve (pid %d) runs but is not healthy (%v): restarting it", pid, err)
+		if err == nil && h.PID == pid {
+			// A lease the daemon does not enforce, or one the monitor
+			// no longer means to renew, must not outlive a config change.
+			a.notef("kvstore serve (pid %d) runs with a lease of %dms, but CONCORD_PARAM_LEASE asks for %dms: restarting it", pid, h.LeaseMS, a.lease.Milliseconds())
+		} else {
+			a.notef("kvstore serve (pid %d) runs but is not healthy (%v): restarting it", pid, err)
+		}
 		if !a.terminate(ctx, pid) {
 			return a.failf("kvstore serve (pid %d) did not stop; kill it by hand", pid)
 		}
@@ -210,6 +229,9 @@ func (a *agent) start(ctx context.Context) int {
 	args := []string{"serve", "--listen", a.listen, "--dir", a.dir}
 	if a.sync {
 		args = append(args, "--sync")
+	}
+	if a.lease > 0 {
+		args = append(args, "--lease", a.lease.String())
 	}
 	cmd := exec.Command(exe, args...)
 	cmd.Dir = a.dir
@@ -318,7 +340,11 @@ func waitGone(pid int, d time.Duration) bool {
 }
 
 // monitor reports 7 if the daemon is not running, 0 (8 as the primary)
-// if /healthz answers 200 from it, and 1 otherwise.
+// if /healthz answers 200 from it, and 1 otherwise. When concord runs it
+// as the primary (CONCORD_ROLE=primary) on a daemon that is the primary,
+// it first renews the daemon's primary lease with CONCORD_TOKEN: these
+// runs, every monitor_interval, are what keeps the lease alive, and they
+// stop when concord dies.
 func (a *agent) monitor(ctx context.Context) int {
 	pid := a.runningPID()
 	if pid == 0 {
@@ -331,17 +357,68 @@ func (a *agent) monitor(ctx context.Context) int {
 	if h.PID != pid {
 		return a.failf("pid %d answers on %s, not the daemon of %s (pid %d)", h.PID, a.listen, a.dir, pid)
 	}
+	// A daemon that is not the primary holds no lease. It is left alone
+	// as before: concord may run this monitor just as it demotes the
+	// daemon, and the event that follows brings the two back in line.
+	if a.getenv("CONCORD_ROLE") == rolePrimary && (h.Role == rolePrimary || h.Role == rolePrimaryFenced) {
+		if h, err = a.renew(ctx); err != nil {
+			if errors.Is(err, errBadToken) {
+				a.notef("%v", err)
+				return exitArgs
+			}
+			return a.failf("renew the primary lease: %v", err)
+		}
+	}
+	if h.Role == rolePrimaryFenced {
+		return a.failf("kvstore serve (pid %d) is a primary whose lease expired, and it refuses writes", pid)
+	}
 	if h.Role == rolePrimary {
 		return exitRunningPrimary
 	}
 	return exitOK
 }
 
+// errBadToken: CONCORD_TOKEN is missing or not an integer.
+var errBadToken = errors.New("want the fencing token, an integer")
+
+// token reads CONCORD_TOKEN.
+func (a *agent) token() (int64, error) {
+	v := a.getenv("CONCORD_TOKEN")
+	t, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("CONCORD_TOKEN=%q: %w", v, errBadToken)
+	}
+	return t, nil
+}
+
+// renew renews the primary lease with CONCORD_TOKEN and returns the
+// daemon's health after it.
+func (a *agent) renew(ctx context.Context) (health, error) {
+	token, err := a.token()
+	if err != nil {
+		return health{}, err
+	}
+	body, _ := json.Marshal(renewRequest{Token: token})
+	resp, err := a.admin(ctx, http.MethodPost, "/admin/renew", bytes.NewReader(body))
+	if err != nil {
+		return health{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return health{}, fmt.Errorf("POST /admin/renew: %s: %s", resp.Status, errorOf(resp.Body))
+	}
+	var h health
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&h); err != nil {
+		return health{}, fmt.Errorf("POST /admin/renew: %s: %w", resp.Status, err)
+	}
+	return h, nil
+}
+
 // promote makes the daemon the primary with concord's fencing token.
 func (a *agent) promote(ctx context.Context) int {
-	token, err := strconv.ParseInt(a.getenv("CONCORD_TOKEN"), 10, 64)
+	token, err := a.token()
 	if err != nil {
-		a.notef("CONCORD_TOKEN=%q: want the fencing token, an integer", a.getenv("CONCORD_TOKEN"))
+		a.notef("%v", err)
 		return exitArgs
 	}
 	var epoch int64

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // TestAgentLifecycle drives two instances through the actions concord
@@ -255,6 +256,12 @@ func TestAgentConfiguration(t *testing.T) {
 		t.Errorf("bad sync param: stderr %q does not name it", res.stderr)
 	}
 	n.mustAgent(exitConfigured, "monitor", nil, "CONCORD_PARAM_LISTEN=no-port")
+	for _, bad := range []string{"5", "-1s", "soon", "1us"} {
+		res = n.mustAgent(exitConfigured, "monitor", nil, "CONCORD_PARAM_LEASE="+bad)
+		if !strings.Contains(res.stderr, "CONCORD_PARAM_LEASE") {
+			t.Errorf("bad lease param %q: stderr %q does not name it", bad, res.stderr)
+		}
+	}
 	n.mustAgent(exitArgs, "monitor", nil, "CONCORD_TIMEOUT_MS=soon")
 
 	// Nothing started yet.
@@ -300,4 +307,68 @@ func TestAgentStalePIDFile(t *testing.T) {
 	}
 	n.mustAgent(exitOK, "start", nil)
 	n.mustAgent(exitOK, "monitor", nil)
+}
+
+// TestAgentLease: a primary started with a lease stops taking writes
+// once its monitor stops running as the primary, and a monitor run as
+// the primary with its token renews the lease.
+func TestAgentLease(t *testing.T) {
+	const lease = time.Second
+	n := newTestNode(t, "n1", "CONCORD_PARAM_LEASE="+lease.String())
+	n.mustAgent(exitOK, "start", nil)
+	if h := n.health(); h.LeaseMS != lease.Milliseconds() {
+		t.Fatalf("daemon started with CONCORD_PARAM_LEASE=%v reports lease_ms %d", lease, h.LeaseMS)
+	}
+	promoted := time.Now()
+	n.mustAgent(exitOK, "promote", nil, "CONCORD_TOKEN=2", "CONCORD_EPOCH=1", "CONCORD_ROLE=primary")
+	n.mustDo(http.StatusOK, "PUT", "/kv/a", "1")
+
+	// No monitor runs: the writes stop within the lease and a margin.
+	const margin = 2 * time.Second
+	var code int
+	var body string
+	for {
+		code, body = n.do("PUT", "/kv/a", "2")
+		if code != http.StatusOK {
+			break
+		}
+		if time.Since(promoted) > lease+margin {
+			t.Fatalf("writes still accepted %v after the promotion, with a lease of %v", time.Since(promoted), lease)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "primary lease expired") {
+		t.Fatalf("write after the lease: %d %s, want 503 'primary lease expired'", code, body)
+	}
+	if h := n.health(); h.Role != rolePrimaryFenced {
+		t.Fatalf("health after the lease: %+v, want role %s", h, rolePrimaryFenced)
+	}
+	if got := n.mustDo(http.StatusOK, "GET", "/kv/a", ""); got != "2" && got != "1" {
+		t.Fatalf("read on a fenced primary: a = %q", got)
+	}
+
+	// Only a monitor run as the primary, with a current token, renews.
+	res := n.mustAgent(exitGeneric, "monitor", nil, "CONCORD_ROLE=secondary", "CONCORD_TOKEN=2")
+	if !strings.Contains(res.stderr, "lease expired") {
+		t.Fatalf("monitor of a fenced primary as a secondary: stderr %q, want the expired lease named", res.stderr)
+	}
+	res = n.mustAgent(exitGeneric, "monitor", nil, "CONCORD_ROLE=primary", "CONCORD_TOKEN=1")
+	if !strings.Contains(res.stderr, "409") || !strings.Contains(res.stderr, "token 1") {
+		t.Fatalf("monitor with a lower token: stderr %q, want the 409 and the token", res.stderr)
+	}
+	n.mustAgent(exitArgs, "monitor", nil, "CONCORD_ROLE=primary", "CONCORD_TOKEN=")
+	n.mustDo(http.StatusServiceUnavailable, "PUT", "/kv/a", "3")
+	n.mustAgent(exitRunningPrimary, "monitor", nil, "CONCORD_ROLE=primary", "CONCORD_TOKEN=2")
+	n.mustDo(http.StatusOK, "PUT", "/kv/a", "3")
+
+	// A start with another lease replaces the daemon, so the lease it
+	// enforces is the one the monitor means to renew.
+	pid := n.recordPID()
+	n.mustAgent(exitOK, "start", nil, "CONCORD_PARAM_LEASE=0")
+	if got := n.recordPID(); got == pid {
+		t.Fatalf("start with another lease kept the daemon (pid %d)", pid)
+	}
+	if h := n.health(); h.LeaseMS != 0 || h.Role != roleSpare {
+		t.Fatalf("daemon restarted without a lease: %+v, want a spare without lease_ms", h)
+	}
 }

@@ -5,7 +5,8 @@
 // the service: an HTTP key-value store that serves reads everywhere and
 // writes only while it is the primary, keeps its state in DIR/state.json,
 // and refuses promotions and states older than the highest fencing token
-// it has seen. `kvstore ACTION` (start, stop, promote, demote, monitor,
+// it has seen. With a lease (--lease), a primary also stops taking writes
+// when concord stops renewing its role, as it does when concord dies. `kvstore ACTION` (start, stop, promote, demote, monitor,
 // checkpoint, restore) is the resource agent concord runs per action: it
 // starts and stops the daemon and turns each action into a call of the
 // daemon's admin API. See README.md for the HTTP API and the contract.
@@ -19,10 +20,11 @@ import (
 // usage is printed when the command line names neither serve nor an
 // action.
 const usage = `usage:
-  kvstore serve --listen ADDR --dir DIR [--service NAME] [--node NAME] [--sync]
+  kvstore serve --listen ADDR --dir DIR [--service NAME] [--node NAME] [--sync] [--lease DURATION]
   kvstore ACTION    (start, stop, promote, demote, monitor, checkpoint or restore;
                      configured by CONCORD_PARAM_LISTEN, CONCORD_PARAM_DIR and
-                     optionally CONCORD_PARAM_SYNC, as concord's resource agent)
+                     optionally CONCORD_PARAM_SYNC and CONCORD_PARAM_LEASE, as
+                     concord's resource agent)
 `
 
 func main() {

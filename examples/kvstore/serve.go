@@ -37,8 +37,10 @@ type serveOptions struct {
 	Primary     string
 	Sync        bool
 	SyncTimeout time.Duration
-	API         string
-	APIToken    string
+	// Lease is the primary lease (see serverConfig.Lease); 0 is off.
+	Lease    time.Duration
+	API      string
+	APIToken string
 }
 
 // serveMain runs `kvstore serve` and returns the exit code.
@@ -56,6 +58,12 @@ func serveMain(args []string) int {
 	}
 	fs.BoolVar(&o.Sync, "sync", syncDefault, "answer a write only once a concord checkpoint holding it is acknowledged (default $CONCORD_PARAM_SYNC)")
 	fs.DurationVar(&o.SyncTimeout, "sync-timeout", 10*time.Second, "bound of one call to concord's checkpoint API")
+	leaseDefault, err := envDuration("CONCORD_PARAM_LEASE")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kvstore serve:", err)
+		return exitConfigured
+	}
+	fs.DurationVar(&o.Lease, "lease", leaseDefault, "as the primary, refuse writes once this long has passed since concord's last renewal (POST /admin/renew) or promotion; 0 is off (default $CONCORD_PARAM_LEASE)")
 	if err := fs.Parse(args); err != nil {
 		return exitArgs
 	}
@@ -86,6 +94,9 @@ func (o *serveOptions) validate() error {
 	}
 	if o.Dir == "" {
 		return errors.New("--dir is required (the data directory)")
+	}
+	if err := checkLease(o.Lease); err != nil {
+		return fmt.Errorf("--lease %v: %w", o.Lease, err)
 	}
 	if o.Sync {
 		if o.API == "" {
@@ -122,7 +133,7 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	cfg := serverConfig{Dir: o.Dir, Node: o.Node, Primary: o.Primary, AdminToken: token, Logger: log}
+	cfg := serverConfig{Dir: o.Dir, Node: o.Node, Primary: o.Primary, AdminToken: token, Lease: o.Lease, Logger: log}
 	if o.Sync {
 		cfg.Replicator = newReplicator(o.API, o.APIToken, o.Service, o.SyncTimeout)
 		defer cfg.Replicator.close()
@@ -138,7 +149,7 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("serving", "addr", ln.Addr().String(), "dir", o.Dir, "version", st.Version, "token", st.Token, "sync", o.Sync, "pid", os.Getpid())
+	log.Info("serving", "addr", ln.Addr().String(), "dir", o.Dir, "version", st.Version, "token", st.Token, "sync", o.Sync, "lease", o.Lease, "pid", os.Getpid())
 
 	select {
 	case err := <-errc:
@@ -224,4 +235,29 @@ func envBool(name string) (bool, error) {
 		return false, fmt.Errorf("%s=%q: want true or false", name, v)
 	}
 	return b, nil
+}
+
+// envDuration reads a duration environment variable; unset or empty is 0.
+func envDuration(name string) (time.Duration, error) {
+	v := os.Getenv(name)
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("%s=%q: want a duration such as 5s, or 0 for off", name, v)
+	}
+	return d, nil
+}
+
+// checkLease checks a lease setting: 0 (off) or at least a millisecond,
+// the unit /healthz reports it in.
+func checkLease(d time.Duration) error {
+	if d < 0 {
+		return errors.New("must not be negative: give a duration such as 5s, or 0 for off")
+	}
+	if d > 0 && d < time.Millisecond {
+		return errors.New("is below 1ms: give a duration such as 5s, or 0 for off")
+	}
+	return nil
 }

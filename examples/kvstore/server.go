@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 )
 
 // The daemon's roles, named as concord names them (CONCORD_ROLE).
@@ -23,6 +24,12 @@ const (
 	roleSecondary = "secondary"
 	roleSpare     = "spare"
 )
+
+// rolePrimaryFenced is the role /healthz reports for a primary whose
+// lease has expired: it refuses writes until concord renews the lease.
+// It is reported only; the daemon's role is still rolePrimary, so a
+// renewal with the same token makes it writable again.
+const rolePrimaryFenced = "primary-fenced"
 
 // failFile is the fault switch: while DIR/fail exists, /healthz answers
 // 500, so the agent's monitor reports a failure.
@@ -58,6 +65,17 @@ func (e *notPrimaryError) Error() string {
 	return fmt.Sprintf("this node is a %s, not the primary: send writes to the primary (%s)", e.role, e.primary)
 }
 
+// leaseExpiredError refuses a write on a primary whose lease concord has
+// not renewed in time (503).
+type leaseExpiredError struct {
+	// since is the time since the last renewal.
+	since time.Duration
+}
+
+func (e *leaseExpiredError) Error() string {
+	return fmt.Sprintf("primary lease expired: concord has not renewed it for %v; refusing writes until it does", e.since.Round(time.Millisecond))
+}
+
 // serverConfig is what a server needs besides its state.
 type serverConfig struct {
 	// Dir is the data directory: state.json and the fail switch live here.
@@ -71,6 +89,13 @@ type serverConfig struct {
 	// Replicator, if not nil, makes every write wait for a concord
 	// checkpoint (sync mode).
 	Replicator *replicator
+	// Lease, if positive, is how long the primary role lasts after a
+	// promotion or a renewal (POST /admin/renew): once it has passed
+	// without a renewal, the primary refuses writes. 0 turns it off.
+	Lease time.Duration
+	// Now reads the clock; nil means time.Now. Lease expiry compares two
+	// of its readings, which time.Now keeps monotonic.
+	Now func() time.Time
 	// Logger receives role changes and failures.
 	Logger *slog.Logger
 }
@@ -86,12 +111,21 @@ type server struct {
 	st      state
 	role    string
 	primary string
+	// renewed is when the primary's lease last started: its promotion or
+	// its last renewal.
+	renewed time.Time
+	// fenceLogged is set once an expired lease was logged, until the
+	// next renewal, so a stream of refused writes logs it once.
+	fenceLogged bool
 }
 
 // newServer returns a server over st; it starts as a spare.
 func newServer(cfg serverConfig, st state) *server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	if st.Data == nil {
 		st.Data = map[string]string{}
@@ -109,6 +143,7 @@ func (s *server) handler() http.Handler {
 	mux.HandleFunc("GET /healthz", s.handleHealth)
 	mux.Handle("POST /admin/promote", s.admin(s.handlePromote))
 	mux.Handle("POST /admin/demote", s.admin(s.handleDemote))
+	mux.Handle("POST /admin/renew", s.admin(s.handleRenew))
 	mux.Handle("GET /admin/state", s.admin(s.handleGetState))
 	mux.Handle("PUT /admin/state", s.admin(s.handlePutState))
 	return mux
@@ -173,6 +208,9 @@ func (s *server) handleDelete(w http.ResponseWriter, r *http.Request) {
 
 // finishWrite applies a write (value nil: delete) and, in sync mode,
 // answers only once a concord checkpoint taken after it is acknowledged.
+// A write is never acknowledged once the primary's lease has expired,
+// so a client cannot be told "stored" by a primary another node may
+// already have replaced.
 func (s *server) finishWrite(w http.ResponseWriter, r *http.Request, key string, value *string) {
 	version, err := s.write(key, value)
 	if err != nil {
@@ -193,7 +231,38 @@ func (s *server) finishWrite(w http.ResponseWriter, r *http.Request, key string,
 		}
 		resp["seq"], resp["acks"] = res.Seq, res.Acks
 	}
+	// The lease may have run out while the write was saved or waited for
+	// its checkpoint.
+	s.mu.Lock()
+	err = s.checkLease()
+	s.mu.Unlock()
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{
+			"error":   "not acknowledged: " + err.Error() + " (the lease expired while the write was in flight; the write is applied on this node, and is lost if another node has become the primary)",
+			"version": version,
+		})
+		return
+	}
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// checkLease returns a *leaseExpiredError if the daemon is the primary
+// and its lease has run out; s.mu must be held. It reads the clock on
+// each call, so every write checks the lease itself rather than trusting
+// a timer.
+func (s *server) checkLease() error {
+	if s.cfg.Lease <= 0 || s.role != rolePrimary {
+		return nil
+	}
+	since := s.cfg.Now().Sub(s.renewed)
+	if since <= s.cfg.Lease {
+		return nil
+	}
+	if !s.fenceLogged {
+		s.fenceLogged = true
+		s.log.Warn("primary lease expired: refusing writes until concord renews it", "lease", s.cfg.Lease, "since_renewal", since)
+	}
+	return &leaseExpiredError{since: since}
 }
 
 // write applies one write on the primary and saves the state; if the
@@ -203,6 +272,9 @@ func (s *server) write(key string, value *string) (int64, error) {
 	defer s.mu.Unlock()
 	if s.role != rolePrimary {
 		return 0, &notPrimaryError{role: s.role, primary: s.primary}
+	}
+	if err := s.checkLease(); err != nil {
+		return 0, err
 	}
 	old, had := s.st.Data[key]
 	if value == nil {
@@ -228,6 +300,8 @@ func (s *server) write(key string, value *string) (int64, error) {
 
 // health is the body of GET /healthz.
 type health struct {
+	// Role is primary, primary-fenced (a primary whose lease expired),
+	// secondary or spare.
 	Role    string `json:"role"`
 	Primary string `json:"primary"`
 	Version int64  `json:"version"`
@@ -236,14 +310,27 @@ type health struct {
 	Keys    int    `json:"keys"`
 	// PID lets the agent tell its own daemon from another process on the
 	// same address.
-	PID   int    `json:"pid"`
-	Error string `json:"error,omitempty"`
+	PID int `json:"pid"`
+	// LeaseMS is the configured lease in milliseconds; absent if off.
+	LeaseMS int64 `json:"lease_ms,omitempty"`
+	// LeaseLeftMS is, on a primary with a lease, the time until the
+	// lease expires (0 once it has); absent otherwise.
+	LeaseLeftMS *int64 `json:"lease_left_ms,omitempty"`
+	Error       string `json:"error,omitempty"`
 }
 
 func (s *server) handleHealth(w http.ResponseWriter, _ *http.Request) {
 	s.mu.Lock()
 	h := health{Role: s.role, Primary: s.primary, Version: s.st.Version, Token: s.st.Token,
-		Epoch: s.st.Epoch, Keys: len(s.st.Data), PID: os.Getpid()}
+		Epoch: s.st.Epoch, Keys: len(s.st.Data), PID: os.Getpid(), LeaseMS: s.cfg.Lease.Milliseconds()}
+	if s.cfg.Lease > 0 && s.role == rolePrimary {
+		left := max(s.cfg.Lease-s.cfg.Now().Sub(s.renewed), 0)
+		ms := left.Milliseconds()
+		h.LeaseLeftMS = &ms
+		if left == 0 {
+			h.Role = rolePrimaryFenced
+		}
+	}
 	s.mu.Unlock()
 	code := http.StatusOK
 	if _, err := os.Stat(filepath.Join(s.cfg.Dir, failFile)); err == nil {
@@ -295,6 +382,56 @@ func (s *server) promote(token, epoch int64) error {
 		s.log.Info("promoted", "token", token, "epoch", epoch, "from", s.role)
 	}
 	s.role, s.primary = rolePrimary, s.cfg.Node
+	s.startLease()
+	return nil
+}
+
+// startLease starts a fresh lease on the primary; s.mu must be held.
+func (s *server) startLease() {
+	if s.fenceLogged {
+		s.log.Info("primary lease renewed: accepting writes again")
+	}
+	s.renewed, s.fenceLogged = s.cfg.Now(), false
+}
+
+// renewRequest is the body of POST /admin/renew.
+type renewRequest struct {
+	// Token is the fencing token concord holds the primary role with.
+	Token int64 `json:"token"`
+}
+
+func (s *server) handleRenew(w http.ResponseWriter, r *http.Request) {
+	var req renewRequest
+	if err := decodeBody(w, r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	if req.Token < 0 {
+		writeJSON(w, http.StatusBadRequest, errBody("renew: token must not be negative"))
+		return
+	}
+	if err := s.renew(req.Token); err != nil {
+		writeError(w, err)
+		return
+	}
+	s.handleHealth(w, r)
+}
+
+// renew starts a fresh lease on the primary, also after the old one
+// expired. A token lower than the highest seen is a deposed primary's
+// and is refused. A higher one is accepted without being stored: concord
+// holds the role on this node, and its promote action brings the token.
+// Without a lease configured, a renewal is checked and has no effect.
+func (s *server) renew(token int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if token < s.st.Token {
+		return fmt.Errorf("renew with token %d: %w: this node has seen token %d", token, errStaleToken, s.st.Token)
+	}
+	if s.role != rolePrimary {
+		return fmt.Errorf("renew: %w: this node is a %s, not the primary, so it holds no lease; promote it first", errConflict, s.role)
+	}
+	s.startLease()
 	return nil
 }
 
@@ -320,7 +457,8 @@ func (s *server) handleDemote(w http.ResponseWriter, r *http.Request) {
 	if s.role != req.Role {
 		s.log.Info("demoted", "to", req.Role, "from", s.role, "primary", req.Primary)
 	}
-	s.role, s.primary = req.Role, req.Primary
+	// A demotion ends the lease; a later promotion starts a new one.
+	s.role, s.primary, s.fenceLogged = req.Role, req.Primary, false
 	s.mu.Unlock()
 	s.handleHealth(w, r)
 }
@@ -370,7 +508,7 @@ func (s *server) restore(st state) error {
 	}
 	if s.role == rolePrimary {
 		s.log.Warn("restored a state of a newer primary: stepping down", "token", st.Token, "was", old.Token)
-		s.role, s.primary = roleSecondary, ""
+		s.role, s.primary, s.fenceLogged = roleSecondary, "", false
 	}
 	return nil
 }
@@ -401,6 +539,7 @@ func readAll(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error
 // writeError answers err with the status its kind calls for.
 func writeError(w http.ResponseWriter, err error) {
 	var np *notPrimaryError
+	var expired *leaseExpiredError
 	var tooBig *http.MaxBytesError
 	var bad *badRequestError
 	code := http.StatusInternalServerError
@@ -408,6 +547,8 @@ func writeError(w http.ResponseWriter, err error) {
 	case errors.As(err, &np):
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error(), "primary": np.primary})
 		return
+	case errors.As(err, &expired):
+		code = http.StatusServiceUnavailable
 	case errors.As(err, &tooBig):
 		code = http.StatusRequestEntityTooLarge
 		err = fmt.Errorf("%w: the limit is %d bytes", err, tooBig.Limit)

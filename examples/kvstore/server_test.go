@@ -192,6 +192,7 @@ type fakeConcord struct {
 	mu     sync.Mutex
 	seen   []int64 // version at each call
 	status int     // answer status; 0 means 200
+	hook   func()  // if not nil, runs in each call before it answers
 }
 
 func (f *fakeConcord) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -204,8 +205,11 @@ func (f *fakeConcord) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.s.mu.Unlock()
 	f.mu.Lock()
 	f.seen = append(f.seen, v)
-	seq, status := len(f.seen), f.status
+	seq, status, hook := len(f.seen), f.status, f.hook
 	f.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
 	if seq == 1 && f.block != nil {
 		f.in <- struct{}{}
 		select {
@@ -328,6 +332,9 @@ func TestServeOptions(t *testing.T) {
 		{serveOptions{Listen: "127.0.0.1:1", Dir: "d", Sync: true, Service: "kv", SyncTimeout: time.Second}, "CONCORD_API"},
 		{serveOptions{Listen: "127.0.0.1:1", Dir: "d", Sync: true, API: "http://x", SyncTimeout: time.Second}, "CONCORD_SERVICE"},
 		{serveOptions{Listen: "127.0.0.1:1", Dir: "d", Sync: true, API: "http://x", Service: "kv"}, "--sync-timeout"},
+		{serveOptions{Listen: "127.0.0.1:1", Dir: "d", Lease: -time.Second}, "--lease"},
+		{serveOptions{Listen: "127.0.0.1:1", Dir: "d", Lease: time.Microsecond}, "--lease"},
+		{serveOptions{Listen: "127.0.0.1:1", Dir: "d", Lease: 5 * time.Second}, ""},
 		{serveOptions{Listen: "127.0.0.1:1", Dir: "d"}, ""},
 	} {
 		err := tc.o.validate()
