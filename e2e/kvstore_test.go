@@ -121,6 +121,8 @@ services:
         listen: 127.0.0.1:%[7]d
         dir: kv-%[1]s
         sync: "true"
+        # Below session_ttl - keepalive_interval (2s - 667ms), with a margin.
+        lease: 1s
       timeouts:
         monitor: 2s
         start: 4s
@@ -334,17 +336,43 @@ func TestKVStoreUnderConcord(t *testing.T) {
 		t.Fatalf("roster after synchronous writes: %+v", r)
 	}
 
-	// kill -9 the primary's node: concord and its service.
+	// kill -9 the primary's concord, and leave its service running: the
+	// service's lease, which that concord renewed, runs out, and it stops
+	// taking writes before the others elect a new primary. At no moment do
+	// two services take writes.
 	first.killed = true
 	_ = first.cmd.Process.Kill()
 	<-first.done
-	killDaemon(first)
 	var live []*kvNode
 	for _, n := range nodes {
 		if n != first {
 			live = append(live, n)
 		}
 	}
+	fencedFirst := false
+	eventually(t, 60*time.Second, "a new primary", func() error {
+		old, oerr := healthOf(first)
+		oldTakesWrites := oerr == nil && old.Role == "primary"
+		for _, n := range live {
+			if h, err := healthOf(n); err == nil && h.Role == "primary" {
+				if oldTakesWrites {
+					t.Fatalf("%s took over while the killed node's service still took writes", n.id)
+				}
+				return nil
+			}
+		}
+		if !oldTakesWrites {
+			fencedFirst = true
+		}
+		return errors.New("no new primary yet")
+	})
+	if !fencedFirst {
+		t.Fatal("the killed node's service was never seen fenced before the new primary")
+	}
+	if err := put(first, "stale", "write"); err == nil {
+		t.Fatal("the fenced service of the killed node took a write")
+	}
+	killDaemon(first)
 	next, sec2 := primary(live)
 	if next.id != sec {
 		t.Fatalf("after the kill, %s became primary; the freshest secondary was %s", next.id, sec)

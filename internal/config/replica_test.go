@@ -708,7 +708,7 @@ func TestKVStoreExamples(t *testing.T) {
 				CheckpointInterval: 2 * time.Second, MonitorInterval: time.Second, RestartWindow: 5 * time.Minute,
 				Agent: &Agent{
 					Command: filepath.Join(dir, "kvstore"),
-					Params:  map[string]string{"listen": "127.0.0.1:810" + port, "dir": "kv-" + n},
+					Params:  map[string]string{"listen": "127.0.0.1:810" + port, "dir": "kv-" + n, "lease": "5s"},
 					Start:   time.Minute, Stop: time.Minute, Promote: 30 * time.Second, Demote: 30 * time.Second,
 					Monitor: 900 * time.Millisecond, Checkpoint: 2 * time.Minute, Restore: 2 * time.Minute,
 				},
