@@ -94,8 +94,26 @@ func describe(w io.Writer, f *config.File) {
 	fmt.Fprintf(w, "  prefix    %s\n", c.Prefix)
 	fmt.Fprintf(w, "  timing    session TTL %v, op timeout %v, retry %v..%v, election timeout %v\n",
 		c.SessionTTL, c.OpTimeout, c.RetryMin, c.RetryMax, c.ElectionTimeout)
-	for _, s := range c.Services {
-		fmt.Fprintf(w, "  service   %s (priority %d)\n", s.Name, s.Priority)
+	rc, err := f.ReplicaConfig()
+	if err != nil {
+		fmt.Fprintf(w, "  replica   %v\n", err)
+		return
+	}
+	if rc.Listen != "" {
+		fmt.Fprintf(w, "  api       %s (peers reach it at %s, tls %v), data %s\n", rc.Listen, rc.Advertise, rc.TLS != nil, rc.DataDir)
+	}
+	for i, s := range c.Services {
+		fmt.Fprintf(w, "  service   %s (priority %d", s.Name, s.Priority)
+		if s.DependsOn != "" {
+			fmt.Fprintf(w, ", depends on %s", s.DependsOn)
+		}
+		if r := rc.Services[i]; r.Agent != nil {
+			fmt.Fprintf(w, ", agent %s, %d secondaries, sync acks %d, checkpoint every %v, monitor every %v, %d restarts in %v",
+				r.Agent.Command, r.Secondaries, r.SyncAcks, r.CheckpointInterval, r.MonitorInterval, r.MaxRestarts, r.RestartWindow)
+		} else {
+			fmt.Fprint(w, ", election only")
+		}
+		fmt.Fprintln(w, ")")
 	}
 }
 
