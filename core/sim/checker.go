@@ -13,6 +13,23 @@ import (
 // checker tests the invariants of design.md against the store's history
 // and the nodes' states, after every step. It reads the store directly,
 // never through a node, and judges ranks with its own code.
+//
+// Besides the election's invariants, it checks the roles, checkpoints and
+// dependencies built on top of it:
+//
+//   - "checkpoint-epoch": a node never applies a checkpoint that is not
+//     newer (by token, then sequence number) than the last it applied,
+//     whose epoch is older than that one's, or whose epoch or token is
+//     older than the newest primary record it had observed. The checker
+//     keeps its own account of both, apart from the Gates.
+//   - "fresh-promotion": when a secondary claims the primary record of a
+//     service without a dependency, the last checkpoint it applied is at
+//     least as new as every acknowledgement the roster records for a live
+//     secondary, so no acknowledged checkpoint is lost. A node that has
+//     just resigned ranks last whatever its freshness, so its entry does
+//     not count; and for a dependent, co-location outranks freshness
+//     (Rank.Colocated is compared first), so there is nothing to check.
+//   - "colocated": see afterStep, checkRank and agreement.
 type checker struct {
 	w         *world
 	keys      core.Keys
@@ -28,6 +45,15 @@ type checker struct {
 
 	changes []memory.Change
 	members map[string]memberDecoded // member records by key, decoded once per revision
+	// prims holds each service's primary record as last committed.
+	prims map[string]core.PrimaryRecord
+
+	// applied and seen are, by node and service ("node/service"), the
+	// stamp of the last checkpoint the node applied and the newest epoch
+	// and token of a primary it had observed. Like the Gates, they
+	// survive crashes.
+	applied map[string]core.Stamp
+	seen    map[string]core.Stamp
 
 	calmRTTLimit int
 }
@@ -38,7 +64,8 @@ func newChecker(w *world) *checker {
 		w: w, keys: keys,
 		owner: map[string]*simNode{}, ended: map[string]bool{}, forced: map[string]bool{},
 		acting: map[string]map[string]bool{}, lastToken: map[string]int64{},
-		members: map[string]memberDecoded{},
+		members: map[string]memberDecoded{}, prims: map[string]core.PrimaryRecord{},
+		applied: map[string]core.Stamp{}, seen: map[string]core.Stamp{},
 		// The target is 3 round trips; conflicts between concurrent
 		// candidates and a catch-up of a late view can add a few.
 		calmRTTLimit: 6,
@@ -61,6 +88,10 @@ func (c *checker) onChange(ch memory.Change) {
 		c.w.dirty[kMembers] = true
 	case strings.HasPrefix(ch.Key, c.keys.Primaries()):
 		c.w.dirty[kPrimaries] = true
+		if !ch.Deleted {
+			rec, _ := core.DecodePrimary(ch.KV) // a bad record names nobody
+			c.prims[c.keys.NameIn(c.keys.Primaries(), ch.Key)] = rec
+		}
 	case strings.HasPrefix(ch.Key, c.keys.Rosters()):
 		c.w.dirty[kRosters] = true
 	}
@@ -120,6 +151,12 @@ func (c *checker) resigned(n *simNode, svc string) {
 // only live-session primary of the service, the primary record must name it
 // with its token, and its token must exceed every earlier one.
 func (c *checker) onEvent(n *simNode, ev core.Event) {
+	if ev.Token > 0 {
+		k := n.id + "/" + ev.Service
+		s := c.seen[k]
+		s.Epoch, s.Token = max(s.Epoch, ev.Epoch), max(s.Token, ev.Token)
+		c.seen[k] = s
+	}
 	act := c.acting[ev.Service]
 	if act == nil {
 		act = map[string]bool{}
@@ -133,14 +170,18 @@ func (c *checker) onEvent(n *simNode, ev core.Event) {
 		return
 	}
 	act[n.id] = true
+	if c.forced[n.session] {
+		// A node whose session was expired by force may lag: the answer
+		// to its claim can arrive after a successor's claim, so it may
+		// start acting with an older token. Tokens fence it.
+		c.lastToken[ev.Service] = max(c.lastToken[ev.Service], ev.Token)
+		return
+	}
 	if ev.Token <= c.lastToken[ev.Service] {
 		c.fail("one primary chain", "%s became primary of %s with token %d, not above the previous token %d", n.id, ev.Service, ev.Token, c.lastToken[ev.Service])
 		return
 	}
 	c.lastToken[ev.Service] = ev.Token
-	if c.forced[n.session] {
-		return // a node whose session was expired by force may lag; tokens fence it
-	}
 	for _, other := range sortedKeys(act) {
 		o := c.node(other)
 		if other != n.id && o != nil && c.alive(o.session) {
@@ -196,6 +237,119 @@ func (c *checker) afterOp(n *simNode, op core.Op, res core.OpResult) {
 			return
 		}
 		c.checkRank(svc, next, prev)
+		if c.violation == nil {
+			c.checkFresh(svc, next, prev)
+		}
+	}
+}
+
+// applying checks a checkpoint a node is about to apply
+// ("checkpoint-epoch").
+func (c *checker) applying(n *simNode, msg *checkpointMsg) {
+	k := n.id + "/" + msg.svc
+	s, last, seen := msg.stamp, c.applied[k], c.seen[k]
+	switch {
+	case !s.After(last) || s.Epoch < last.Epoch:
+		c.fail("checkpoint-epoch", "%s applies %v after it applied %v: a checkpoint must be newer than the last one applied and from no older epoch", n.id, msg, last)
+	case s.Token < seen.Token || s.Epoch < seen.Epoch:
+		c.fail("checkpoint-epoch", "%s applies %v after it had observed the primary of epoch %d token %d: a replaced primary's checkpoints must be refused", n.id, msg, seen.Epoch, seen.Token)
+	}
+	c.applied[k] = s
+}
+
+// checkFresh: a secondary that claims holds every acknowledged
+// checkpoint ("fresh-promotion"; see the checker's doc for the scope).
+func (c *checker) checkFresh(svc string, claim, prev core.PrimaryRecord) {
+	if c.w.deps[svc] != "" || !c.alive(claim.Session) {
+		return
+	}
+	r := c.get(c.keys.Roster(svc))
+	if r.Err != nil {
+		return
+	}
+	roster, err := core.DecodeRoster(r.KV)
+	if err != nil {
+		return
+	}
+	if i := roster.Find(claim.Node); i < 0 || roster.Secondaries[i].Session != claim.Session {
+		return // not a secondary
+	}
+	c.w.stats.SecondaryClaims++
+	var best core.Stamp
+	who := ""
+	for _, e := range roster.Secondaries {
+		if !c.alive(e.Session) || prev.Node == "" && prev.Resigned == e.Node {
+			continue
+		}
+		if s := (core.Stamp{Token: e.AckToken, Seq: e.AckSeq}); s.After(best) {
+			best, who = s, e.Node
+		}
+	}
+	n := c.node(claim.Node)
+	if n == nil {
+		return
+	}
+	if last := n.gate(svc).Last(); best.After(last) {
+		if who == claim.Node {
+			who = "it"
+		} else {
+			who = "live secondary " + who
+		}
+		c.fail("fresh-promotion", "secondary %s claimed %s holding checkpoint (%v), but %s acknowledged token %d seq %d: an acknowledged checkpoint is lost",
+			claim.Node, svc, last, who, best.Token, best.Seq)
+	}
+}
+
+// afterStep checks co-location at every instant ("colocated"), in two
+// parts, both read off the code of core/election.go:
+//
+//   - A node never acts as primary of a dependent while it does not act
+//     as primary of its dependency. Becoming a dependent's primary needs
+//     a claim guarded by the node's claim of the dependency; and whatever
+//     makes a node stop acting as the dependency's primary (demote) makes
+//     it stop acting as primary of the dependents in the same call: by
+//     Resign, which drops the role before it writes, or, when the session
+//     is gone, by the same loop that demotes every service. So there is
+//     no exception, not even while a resignation is being written. (A
+//     dependent's claim whose answer arrives after the dependency was
+//     given up would make the node primary of the dependent alone.)
+//   - The store agrees: when a dependent's primary record names a live
+//     session (not ended by force), the dependency's record names the same
+//     node and session, except while that node's resignation of the
+//     dependent is being written (Machine.Resigning: the dependency's
+//     record may move first), and except when the named node has crashed
+//     or has lost that session itself, so that nothing can resign for it
+//     until the store ends the session.
+func (c *checker) afterStep() {
+	w := c.w
+	if len(w.dependents) == 0 || c.violation != nil {
+		return
+	}
+	for _, n := range w.nodes {
+		if !n.up {
+			continue
+		}
+		for _, d := range n.dependents {
+			if n.m.IsPrimary(d) && !n.m.IsPrimary(w.deps[d]) {
+				c.fail("colocated", "%s acts as primary of %s but not of its dependency %s", n.id, d, w.deps[d])
+				return
+			}
+		}
+	}
+	for _, d := range w.dependents {
+		rec := c.prims[d]
+		if rec.Node == "" || c.forced[rec.Session] || !c.alive(rec.Session) {
+			continue
+		}
+		x := c.node(rec.Node)
+		if x == nil || !x.up || x.session != rec.Session || x.m.Resigning(d) {
+			continue
+		}
+		if p := c.prims[w.deps[d]]; p.Node != rec.Node || p.Session != rec.Session {
+			c.fail("colocated", "%s's primary record names %s (session %s), but its dependency %s's names %q (session %q), and %s is not resigning %s",
+				d, rec.Node, rec.Session, w.deps[d], p.Node, p.Session, rec.Node, d)
+			return
+		}
 	}
 }
 
@@ -203,8 +357,23 @@ func (c *checker) afterOp(n *simNode, op core.Op, res core.OpResult) {
 // view (registered no later than the epoch it claimed in). That is
 // "secondary before spare", "highest-ranked spare at first start" and
 // "the highest-ranked live provider wins" at once.
+//
+// For a dependent, the claimer must hold the dependency's primary record
+// (the claim is guarded by it), which the checker checks first
+// ("colocated"); ranks then put the provider hosting the dependency's
+// live primary first (Rank.Colocated), as core does.
 func (c *checker) checkRank(svc string, claim, prev core.PrimaryRecord) {
 	srv := c.w.srv
+	var host core.PrimaryRecord
+	if dep := c.w.deps[svc]; dep != "" {
+		c.w.stats.DependentClaims++
+		host = c.prims[dep]
+		if host.Node != claim.Node || host.Session != claim.Session {
+			c.fail("colocated", "%s (session %s) claimed %s, which depends on %s, while %s's primary record names %q (session %q): only the dependency's primary may claim a dependent",
+				claim.Node, claim.Session, svc, dep, dep, host.Node, host.Session)
+			return
+		}
+	}
 	members := srv.Snapshot(c.keys.Members())
 	var roster core.RosterRecord
 	hasRoster := false
@@ -215,6 +384,7 @@ func (c *checker) checkRank(svc string, claim, prev core.PrimaryRecord) {
 	}
 	rank := func(m core.MemberRecord, prio int) core.Rank {
 		r := core.Rank{Class: core.ClassSpare, Priority: prio, Node: m.Node}
+		r.Colocated = host.Node != "" && host.Node == m.Node && host.Session == m.Session
 		switch {
 		case prev.Node == "" && prev.Resigned == m.Node:
 			r.Class = core.ClassResigned
@@ -291,7 +461,9 @@ func (c *checker) checkSettled() {
 	}
 	// The view is seen one latency after it changes; then a bounded
 	// number of round trips, each at most two latencies.
-	bound := w.cfg.Latency + time.Duration(2*c.calmRTTLimit)*w.cfg.Latency + w.cfg.TTL/10
+	// Each link of a dependency chain adds an election: a dependent's
+	// starts when its dependency's primary has claimed.
+	bound := w.cfg.Latency + time.Duration((1+w.depth)*2*c.calmRTTLimit)*w.cfg.Latency + w.cfg.TTL/10
 	if w.stage > 0 && !w.lastMember.Before(w.stageAt) && w.now().Sub(w.lastMember) > bound {
 		c.fail(invariant, "not settled %v after the last membership change (bound %v): %s", w.now().Sub(w.lastMember), bound, problem)
 	}
@@ -317,10 +489,26 @@ func (c *checker) membershipStable() bool {
 	return seen == len(w.upNodes())
 }
 
+// agreement returns the first way in which the calm cluster does not
+// agree yet, or "". A dependent must have the primary of its dependency
+// ("colocated"); when that node does not provide it (or the dependency
+// has no primary), no node may act as its primary.
 func (c *checker) agreement() (invariant, problem string) {
 	w := c.w
+	type host struct{ node, session string }
+	served := map[string]host{} // services with an agreed primary
 	for _, svc := range w.svcs {
 		provs := c.liveProviders(svc)
+		dep := w.deps[svc]
+		h, hosted := served[dep]
+		if dep != "" && (!hosted || !contains(provs, h.node)) {
+			for _, n := range w.nodes {
+				if n.up && n.m.IsPrimary(svc) {
+					return "colocated", fmt.Sprintf("%s acts as primary of %s, but its dependency %s's primary (%q) does not provide it", n.id, svc, dep, h.node)
+				}
+			}
+			continue
+		}
 		if len(provs) == 0 {
 			continue
 		}
@@ -339,6 +527,10 @@ func (c *checker) agreement() (invariant, problem string) {
 		if tok, ok := p.m.Token(svc); !ok || tok != r.KV.Revision {
 			return "liveness", fmt.Sprintf("%s: %s is named primary but does not act with token %d", svc, p.id, r.KV.Revision)
 		}
+		if dep != "" && (rec.Node != h.node || rec.Session != h.session) {
+			return "colocated", fmt.Sprintf("%s's primary is %s/%s, but its dependency %s's is %s/%s", svc, rec.Node, rec.Session, dep, h.node, h.session)
+		}
+		served[svc] = host{rec.Node, rec.Session}
 		for _, q := range provs {
 			cr := c.get(c.keys.Candidate(svc, q))
 			if cr.Err != nil {

@@ -3,7 +3,7 @@ package sim
 import (
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/concordha/concord/internal/leakcheck"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { leakcheck.Main(m) }

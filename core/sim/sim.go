@@ -1,12 +1,17 @@
 // Package sim is a deterministic, seeded simulation of concord's election.
 //
-// It runs many core.Machines (3 to 50 nodes, 1 to 1,000 services) against
-// one in-memory store on a virtual clock, and decides everything that a
-// real deployment leaves to chance from one seed: store latencies, the
-// order in which answers arrive, crashes and restarts, session expiries,
-// store errors, nodes cut off from the store, nodes that see new views
-// late, and resignations. After every step a checker tests the invariants
-// of design.md; a failing seed prints a trace and replays exactly.
+// It runs many core.Machines (3 to 50 nodes, 1 to 1,000 services, some
+// depending on others) against one in-memory store on a virtual clock,
+// and decides everything that a real deployment leaves to chance from one
+// seed: store latencies, the order in which answers arrive, crashes and
+// restarts, session expiries, store errors, nodes cut off from the store
+// and their peers, nodes that see new views late, and resignations. It
+// also plays the replica layer above the election: primaries send
+// checkpoints through a simulated network to their secondaries, which
+// admit them through a core.Gate that survives crashes, and promote
+// spares only after a full transfer. After every step a checker tests the
+// invariants of design.md; a failing seed prints a trace and replays
+// exactly.
 //
 // Nothing here runs goroutines or reads the real clock: a run is a pure
 // function of its Config.
@@ -17,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sort"
 	"strings"
 	"time"
 
@@ -39,14 +45,38 @@ type Config struct {
 	// Latency is the largest one-way store latency in the calm phase.
 	// Faults may add more.
 	Latency time.Duration
+	// Dependents is how many services depend on another (chains of up to
+	// three links, no cycles). Zero draws it from the seed (none for three
+	// seeds in five); a negative value means none.
+	Dependents int
 	// Mutations injects a bug into every node, to test the checker.
 	Mutations testhooks.Mutations
+	// Broken injects a bug into the simulated replica layer or the
+	// nodes' configuration, to test the checker.
+	Broken Broken
 	// Trace records a readable trace of the run. A failing run without it
 	// is played again with it (runs are deterministic), so leave it off
 	// unless you want the trace of a passing run.
 	Trace bool
 	// TraceLines is how many trace lines are kept (default 60).
 	TraceLines int
+}
+
+// Broken switches on deliberate bugs outside core, in what the simulation
+// plays itself: the replica layer and the configuration. The zero value is
+// correct; each bug breaks one invariant, which TestCheckerCatchesBugs
+// checks the checker reports.
+type Broken struct {
+	// SkipGate makes secondaries apply every checkpoint that arrives,
+	// without asking their Gate (breaks "checkpoint-epoch").
+	SkipGate bool
+	// AckUnapplied makes secondaries acknowledge checkpoints without
+	// applying them (breaks "fresh-promotion").
+	AckUnapplied bool
+	// DropDependsOn leaves DependsOn out of the configuration of every
+	// node with an odd index, so that they claim dependents freely
+	// (breaks "colocated").
+	DropDependsOn bool
 }
 
 // Shape fills the zero fields of cfg from its seed. Most seeds get a small
@@ -91,6 +121,20 @@ func Shape(cfg Config) Config {
 	if cfg.TraceLines == 0 {
 		cfg.TraceLines = 60
 	}
+	// Two seeds in five make some services depend on others; the rest
+	// keep the coverage of independent services.
+	if cfg.Dependents == 0 {
+		cfg.Dependents = -1
+		if cfg.Services > 1 && r.IntN(5) < 2 {
+			cfg.Dependents = 1 + r.IntN(min(cfg.Services-1, 6))
+		}
+	}
+	if cfg.Dependents > cfg.Services-1 {
+		cfg.Dependents = cfg.Services - 1
+	}
+	if cfg.Dependents == 0 {
+		cfg.Dependents = -1
+	}
 	return cfg
 }
 
@@ -116,6 +160,14 @@ type Stats struct {
 	// SettleTime is how long after the last membership change of the calm
 	// phase the cluster took to agree.
 	SettleTime time.Duration
+	// Checkpoints counts checkpoints applied by their receivers, Refused
+	// those their Gate refused, and Lost the checkpoints and answers
+	// dropped on the way (a node down or cut off). Promotions counts
+	// spares promoted after a full transfer.
+	Checkpoints, Refused, Lost, Promotions int
+	// SecondaryClaims counts claims by a secondary (each checked by
+	// "fresh-promotion"); DependentClaims claims of a dependent service.
+	SecondaryClaims, DependentClaims int
 }
 
 // Violation is a broken invariant.
@@ -152,8 +204,8 @@ func (r Result) Report() string {
 	var b strings.Builder
 	c := r.Config
 	fmt.Fprintf(&b, "simulation failed: %v\n", r.Violation)
-	fmt.Fprintf(&b, "replay: go test ./core/sim -run TestReplay -args -seed=%d (nodes=%d services=%d faults=%d ttl=%v latency=%v)\n",
-		c.Seed, c.Nodes, c.Services, c.Faults, c.TTL, c.Latency)
+	fmt.Fprintf(&b, "replay: go test ./core/sim -run TestReplay -args -seed=%d (nodes=%d services=%d dependents=%d faults=%d ttl=%v latency=%v)\n",
+		c.Seed, c.Nodes, c.Services, max(c.Dependents, 0), c.Faults, c.TTL, c.Latency)
 	fmt.Fprintf(&b, "last %d trace lines:\n", len(r.Trace))
 	for _, l := range r.Trace {
 		b.WriteString("  " + l + "\n")
@@ -175,6 +227,12 @@ type world struct {
 	byID   map[string]*simNode
 	svcs   []string
 	prefix string
+	// deps maps each dependent service to its dependency; dependents
+	// lists the dependents in service order; depth is the longest chain.
+	deps       map[string]string
+	dependents []string
+	depth      int
+	index      map[string]int // a service's position in svcs
 
 	chk    *checker
 	trace  *ring
@@ -212,7 +270,18 @@ type simNode struct {
 	pendingDeliver [3]bool
 
 	timerAt time.Time
-	seqs    map[string]int64 // checkpoint sequence per service, as primary
+	// seqs is the checkpoint sequence per service in the tenure whose
+	// token tenure holds; both are the process's, lost in a crash.
+	seqs   map[string]int64
+	tenure map[string]int64
+	// gates admit checkpoints, per service. They model the stamp a
+	// replica persists, so they survive crashes.
+	gates map[string]*core.Gate
+	// cut: the node is cut off from the store and from its peers.
+	cut bool
+	// dependents are the services this node provides that depend on
+	// another, as the simulation configured them.
+	dependents []string
 }
 
 func newWorld(cfg Config) *world {
@@ -230,22 +299,55 @@ func newWorld(cfg Config) *world {
 		digest:     14695981039346656037,
 		faultsLeft: cfg.Faults,
 	}
+	w.index = make(map[string]int, cfg.Services)
 	for i := 0; i < cfg.Services; i++ {
 		w.svcs = append(w.svcs, fmt.Sprintf("svc%03d", i))
+		w.index[w.svcs[i]] = i
 	}
+	w.drawDependencies()
 	w.chk = newChecker(w)
 	w.srv.OnChange(w.chk.onChange)
 	for i := 0; i < cfg.Nodes; i++ {
-		n := &simNode{id: fmt.Sprintf("n%02d", i), idx: i, forced: map[string]bool{}, seqs: map[string]int64{}}
+		n := &simNode{id: fmt.Sprintf("n%02d", i), idx: i, forced: map[string]bool{},
+			seqs: map[string]int64{}, tenure: map[string]int64{}, gates: map[string]*core.Gate{}}
 		// Each service has at least two providers; each node provides a
 		// random subset, with random priorities (often tied).
-		for j, s := range w.svcs {
+		prio := make([]int, len(w.svcs))
+		provides := make([]bool, len(w.svcs))
+		for j := range w.svcs {
 			if i == j%cfg.Nodes || i == (j+1)%cfg.Nodes || w.rng.IntN(3) > 0 {
-				n.svcs = append(n.svcs, core.ServiceConfig{Name: s, Priority: w.rng.IntN(3)})
+				provides[j], prio[j] = true, w.rng.IntN(3)
 			}
+		}
+		// A node that provides a dependent provides its dependency too,
+		// with a priority of its own. A dependency has a lower index than
+		// its dependents, so one pass from the top closes every chain.
+		for j := len(w.svcs) - 1; j >= 0; j-- {
+			if d, ok := w.deps[w.svcs[j]]; ok && provides[j] {
+				k := w.index[d]
+				if !provides[k] {
+					provides[k], prio[k] = true, w.rng.IntN(3)
+				}
+			}
+		}
+		for j, s := range w.svcs {
+			if !provides[j] {
+				continue
+			}
+			sc := core.ServiceConfig{Name: s, Priority: prio[j], DependsOn: w.deps[s]}
+			if sc.DependsOn != "" {
+				n.dependents = append(n.dependents, s)
+				if cfg.Broken.DropDependsOn && i%2 == 1 {
+					sc.DependsOn = ""
+				}
+			}
+			n.svcs = append(n.svcs, sc)
 		}
 		w.nodes = append(w.nodes, n)
 		w.byID[n.id] = n
+	}
+	for _, d := range w.dependents {
+		w.logf("%s depends on %s", d, w.deps[d])
 	}
 	for _, n := range w.nodes {
 		// Nodes boot at slightly different times.
@@ -258,6 +360,40 @@ func newWorld(cfg Config) *world {
 }
 
 func (w *world) now() time.Time { return w.clock.Now() }
+
+// drawDependencies makes cfg.Dependents services depend on others, drawn
+// from a generator of their own, so that they follow from the seed and
+// the count alone. A service depends only on one of a lower index, so
+// there are no cycles; chains stop at three links, and about half the
+// dependents extend a chain rather than start one.
+func (w *world) drawDependencies() {
+	w.deps = map[string]string{}
+	if w.cfg.Dependents <= 0 {
+		return
+	}
+	r := rand.New(rand.NewPCG(w.cfg.Seed, 0x646570))
+	picks := r.Perm(len(w.svcs) - 1)[:w.cfg.Dependents]
+	sort.Ints(picks)
+	depth := make([]int, len(w.svcs))
+	var chained []int // dependents that can take one more link
+	for _, p := range picks {
+		j := p + 1
+		i := r.IntN(j)
+		if len(chained) > 0 && r.IntN(2) == 0 {
+			i = chained[r.IntN(len(chained))]
+		}
+		for depth[i] >= 3 { // climb to a shorter chain
+			i = w.index[w.deps[w.svcs[i]]]
+		}
+		w.deps[w.svcs[j]] = w.svcs[i]
+		depth[j] = depth[i] + 1
+		w.depth = max(w.depth, depth[j])
+		w.dependents = append(w.dependents, w.svcs[j])
+		if depth[j] < 3 {
+			chained = append(chained, j)
+		}
+	}
+}
 
 func (w *world) elapsed() time.Duration { return w.now().Sub(w.start) }
 
@@ -302,6 +438,8 @@ const (
 	evHeal
 	evRosterTick
 	evCheckSettled
+	evCheckpointArrive
+	evCheckpointReply
 )
 
 type event struct {
@@ -393,6 +531,7 @@ func (w *world) run() {
 		}
 		w.step(e)
 		w.fanOut()
+		w.chk.afterStep()
 	}
 	if w.chk.violation == nil && !w.settled {
 		w.chk.fail("liveness", "the schedule ended without the cluster agreeing")
@@ -496,6 +635,15 @@ func (w *world) step(e *event) {
 		w.at(w.cfg.TTL, evRosterTick, nil, nil)
 	case evCheckSettled:
 		w.chk.checkSettled()
+	case evCheckpointArrive:
+		w.checkpointArrive(n, e.data.(*checkpointMsg))
+	case evCheckpointReply:
+		msg := e.data.(*checkpointMsg)
+		if !w.live(e) {
+			w.lose(msg, "its sender is down")
+			return
+		}
+		w.checkpointReply(n, msg)
 	}
 }
 
@@ -527,6 +675,7 @@ func (w *world) boot(n *simNode) {
 	n.pendingDeliver = [3]bool{}
 	n.timerAt = time.Time{}
 	n.seqs = map[string]int64{}
+	n.tenure = map[string]int64{}
 	w.logf("%s boots (incarnation %d)", n.id, n.inc)
 	w.chk.nodeReset(n)
 	// A fresh process watches from scratch: it gets the current snapshots.
@@ -622,6 +771,11 @@ func (w *world) drain(n *simNode) {
 	}
 	for _, ev := range r.Events {
 		w.logf("%s event %s role=%s primary=%s epoch=%d token=%d", n.id, ev.Service, ev.Role, ev.Primary, ev.Epoch, ev.Token)
+		if ev.Token > 0 {
+			// What a replica does with every event: from now on, refuse
+			// checkpoints from primaries older than this one.
+			n.gate(ev.Service).Observe(ev.Epoch, ev.Token)
+		}
 		w.chk.onEvent(n, ev)
 	}
 	for _, rep := range r.Reports {
@@ -699,41 +853,6 @@ func (w *world) deliver(n *simNode, k int) {
 	w.drain(n)
 }
 
-// ---- roster activity: what a replica manager would do ----
-
-// rosterTick makes every primary keep the roster up: promote spares until
-// the service has its secondaries, and acknowledge checkpoints.
-func (w *world) rosterTick() {
-	for _, n := range w.nodes {
-		if !n.up || n.session == "" {
-			continue
-		}
-		for _, sc := range n.svcs {
-			if !n.m.IsPrimary(sc.Name) {
-				continue
-			}
-			want := 1 + int(w.cfg.Seed+uint64(len(sc.Name)))%2
-			secs := w.chk.secondaries(sc.Name)
-			for _, s := range secs {
-				n.seqs[sc.Name]++
-				if w.rng.IntN(4) > 0 { // not every secondary keeps up
-					_, _ = n.m.Acknowledge(sc.Name, s, n.seqs[sc.Name])
-				}
-			}
-			if len(secs) < want {
-				for _, c := range w.chk.liveProviders(sc.Name) {
-					if c != n.id && !contains(secs, c) {
-						if _, err := n.m.Promote(sc.Name, c); err == nil {
-							break
-						}
-					}
-				}
-			}
-		}
-		w.drain(n)
-	}
-}
-
 // ---- faults ----
 
 func (w *world) fault() {
@@ -786,11 +905,13 @@ func (w *world) fault() {
 		heal(time.Duration(w.rng.Int64N(int64(3*w.cfg.TTL))), func() { n.lag = 0 })
 	case x < 86: // cut a node off from the store
 		n := pick()
-		w.logf("fault: %s is cut off from the store", n.id)
+		w.logf("fault: %s is cut off from the store and its peers", n.id)
 		w.srv.Isolate(n.id, true)
+		n.cut = true
 		heal(time.Duration(w.rng.Int64N(int64(2*w.cfg.TTL))), func() {
 			w.logf("%s is reconnected", n.id)
 			w.srv.Isolate(n.id, false)
+			n.cut = false
 		})
 	default: // a primary resigns
 		n := w.somePrimary()
@@ -824,6 +945,7 @@ func (w *world) enterCalm() {
 	for _, n := range w.nodes {
 		n.latency, n.lag = 0, 0
 		w.srv.Isolate(n.id, false)
+		n.cut = false
 		if !n.up {
 			w.at(0, evBoot, n, nil)
 		}
