@@ -664,12 +664,12 @@ func (m *Machine) claim(s *service) {
 	if el.rPrim.exists {
 		op.Kind, op.Version = OpCAS, el.rPrim.kv.Version
 	}
-	op.Guards = []Guard{{Key: m.memberKV.Key, Version: m.memberKV.Version}}
+	op.Guards = []Guard{{Key: m.memberKV.Key, Revision: m.memberKV.Revision}}
 	if s.dep != "" {
 		// One multi-key transaction: the claim lands only while our
 		// claim of the dependency stands, so the two cannot part.
 		d := m.svcs[s.dep]
-		op.Guards = append(op.Guards, Guard{Key: m.keys.Primary(d.name), Version: d.claimKV.Version})
+		op.Guards = append(op.Guards, Guard{Key: m.keys.Primary(d.name), Revision: d.claimKV.Revision})
 	}
 	m.issue(s, pendingOp{kind: opClaim}, op)
 }

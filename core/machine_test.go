@@ -111,7 +111,7 @@ func (st *store) apply(op Op) OpResult {
 		st.claims++
 	}
 	for _, g := range op.Guards {
-		if gk, ok := st.kvs[g.Key]; !ok || gk.Version != g.Version {
+		if gk, ok := st.kvs[g.Key]; !ok || gk.Revision != g.Revision {
 			return OpResult{Err: ErrConflict}
 		}
 	}

@@ -144,8 +144,8 @@ func (m *Machine) pumpRoster(s *service) {
 	// Only while our claim stands and our session lives: a write that
 	// lands after either has ended would change ranks under an election.
 	op.Guards = []Guard{
-		{Key: m.keys.Primary(s.name), Version: s.claimKV.Version},
-		{Key: m.memberKV.Key, Version: m.memberKV.Version},
+		{Key: m.keys.Primary(s.name), Revision: s.claimKV.Revision},
+		{Key: m.memberKV.Key, Revision: m.memberKV.Revision},
 	}
 	s.rosterInflight = true
 	s.rosterBatch = applied

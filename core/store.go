@@ -216,17 +216,21 @@ type Op struct {
 	Value   []byte // for OpCreate and OpCAS
 	Version int64  // for OpCAS
 	// Guards are extra conditions for a write (OpCreate, OpCAS): the op
-	// applies only if each guard key exists with the guard's version in
+	// applies only if each guard key exists with the guard's revision in
 	// the state before the Txn. A failed guard fails the op with
 	// ErrConflict; when both the op's own condition and a guard fail, the
 	// op's own error is returned.
 	Guards []Guard
 }
 
-// Guard is a condition on another key inside a Txn op.
+// Guard is a condition on another key inside a Txn op: the key exists and
+// its current Revision is the guard's. Revisions, unlike versions, never
+// repeat, even for a key deleted and created again (a member record in a
+// new session), so a guard taken on one incarnation of a key never holds
+// for a later one.
 type Guard struct {
-	Key     string
-	Version int64
+	Key      string
+	Revision int64
 }
 
 // OpResult is the outcome of one Op of a Txn.

@@ -15,7 +15,7 @@ func TestCheckTxn(t *testing.T) {
 		ops  []core.Op
 		want string // "" means accepted
 	}{
-		{"independent reads and writes", []core.Op{w("a/1"), {Kind: core.OpGet, Key: "b"}, {Kind: core.OpList, Key: "c/"}, {Kind: core.OpCAS, Key: "a/2", Guards: []core.Guard{{Key: "m", Version: 1}}}}, ""},
+		{"independent reads and writes", []core.Op{w("a/1"), {Kind: core.OpGet, Key: "b"}, {Kind: core.OpList, Key: "c/"}, {Kind: core.OpCAS, Key: "a/2", Guards: []core.Guard{{Key: "m", Revision: 1}}}}, ""},
 		{"empty batch", nil, ""},
 		{"unknown kind", []core.Op{{Kind: 99, Key: "a"}}, "unknown kind"},
 		{"empty key", []core.Op{{Kind: core.OpGet}}, "empty key"},

@@ -337,7 +337,7 @@ func TestConsulTxnContention(t *testing.T) {
 					{Kind: core.OpList, Key: "contention/none/"},
 					// Version 1 is never a live key's: these two always fail.
 					{Kind: core.OpCAS, Key: flap, Value: []byte("x"), Version: 1},
-					{Kind: core.OpCreate, Key: guarded, Value: []byte("v"), Guards: []core.Guard{{Key: flap, Version: 1}}},
+					{Kind: core.OpCreate, Key: guarded, Value: []byte("v"), Guards: []core.Guard{{Key: flap, Revision: 1}}},
 				})
 				if err != nil {
 					// Nothing applied: the key must not exist.

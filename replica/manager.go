@@ -216,7 +216,7 @@ func (m *Manager) round(ctx context.Context, token int64) error {
 	if rec.Node != m.cfg.Node || kv.Revision != token {
 		return errDeposed
 	}
-	f := fence{token: token, guard: core.Guard{Key: kv.Key, Version: kv.Version}}
+	f := fence{token: token, guard: core.Guard{Key: kv.Key, Revision: kv.Revision}}
 	members, err := m.members(ctx)
 	if err != nil {
 		return err

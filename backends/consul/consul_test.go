@@ -110,7 +110,7 @@ func TestKeys(t *testing.T) {
 		if key != "" {
 			_, calls["List"] = st.List(ctx, key)
 			_, calls["Watch"] = st.Watch(ctx, key)
-			_, calls["Txn guard"] = st.Txn(ctx, []core.Op{{Kind: core.OpCreate, Key: "k", Guards: []core.Guard{{Key: key, Version: 1}}}})
+			_, calls["Txn guard"] = st.Txn(ctx, []core.Op{{Kind: core.OpCreate, Key: "k", Guards: []core.Guard{{Key: key, Revision: 1}}}})
 		}
 		for call, err := range calls {
 			if !errors.Is(err, core.ErrInvalidArgument) {
@@ -147,7 +147,7 @@ func TestTxnLimits(t *testing.T) {
 	cas := func(key string, guards int) core.Op {
 		o := core.Op{Kind: core.OpCAS, Key: key, Version: 1}
 		for i := range guards {
-			o.Guards = append(o.Guards, core.Guard{Key: fmt.Sprintf("g%d", i), Version: 1})
+			o.Guards = append(o.Guards, core.Guard{Key: fmt.Sprintf("g%d", i), Revision: 1})
 		}
 		return o
 	}

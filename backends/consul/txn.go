@@ -149,7 +149,7 @@ type failure struct {
 func judge(o core.Op, guard int, found state, floor uint64) *failure {
 	want := o.Version
 	if guard >= 0 {
-		want = o.Guards[guard].Version
+		want = o.Guards[guard].Revision
 	}
 	switch {
 	case guard < 0 && o.Kind == core.OpCreate && !found.exists:
@@ -198,7 +198,7 @@ func staticFailure(o core.Op) *failure {
 		return &failure{static: true}
 	}
 	for _, g := range o.Guards {
-		if g.Version <= 0 {
+		if g.Revision <= 0 {
 			return &failure{static: true}
 		}
 	}
@@ -257,7 +257,7 @@ func plan(ops []core.Op, fails []*failure) *round {
 		case o.Kind != core.OpCreate && o.Kind != core.OpCAS:
 		case f == nil:
 			for k, g := range o.Guards {
-				r.add(step{op: i, role: roleGuard, guard: k}, api.KVCheckIndex, g.Key, uint64(g.Version), nil)
+				r.add(step{op: i, role: roleGuard, guard: k}, api.KVCheckIndex, g.Key, uint64(g.Revision), nil)
 			}
 		case f.static:
 		case f.own != nil:

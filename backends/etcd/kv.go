@@ -169,7 +169,7 @@ func writeParts(o core.Op, lease clientv3.LeaseID) (cmps []clientv3.Cmp, then, e
 		cmps = append(cmps, modRevisionIs(o.Key, o.Version))
 	}
 	for _, g := range o.Guards {
-		cmps = append(cmps, modRevisionIs(g.Key, g.Version))
+		cmps = append(cmps, modRevisionIs(g.Key, g.Revision))
 	}
 	var opts []clientv3.OpOption
 	switch {

@@ -40,13 +40,13 @@ func TestTxnManyOps(t *testing.T) {
 		switch i % 5 {
 		case 0: // applies
 			ops[i] = core.Op{Kind: core.OpCAS, Key: key, Value: []byte("1"), Version: existing[i].Version,
-				Guards: []core.Guard{{Key: guard.Key, Version: guard.Version}}}
+				Guards: []core.Guard{{Key: guard.Key, Revision: guard.Revision}}}
 		case 1: // applies
 			ops[i] = core.Op{Kind: core.OpCreate, Key: fmt.Sprintf("/many/new/%03d", i), Value: []byte(strconv.Itoa(i)),
-				Guards: []core.Guard{{Key: guard.Key, Version: guard.Version}}}
+				Guards: []core.Guard{{Key: guard.Key, Revision: guard.Revision}}}
 		case 2: // a stale guard
 			ops[i] = core.Op{Kind: core.OpCreate, Key: fmt.Sprintf("/many/new/%03d", i), Value: []byte("x"),
-				Guards: []core.Guard{{Key: guard.Key, Version: guard.Version - 1}}}
+				Guards: []core.Guard{{Key: guard.Key, Revision: guard.Revision - 1}}}
 			want[i] = core.ErrConflict
 		case 3: // a CAS of a missing key
 			ops[i] = core.Op{Kind: core.OpCAS, Key: key, Value: []byte("x"), Version: guard.Version}
@@ -105,7 +105,7 @@ func TestTxnGuardBudget(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		guards[i] = core.Guard{Key: kv.Key, Version: kv.Version}
+		guards[i] = core.Guard{Key: kv.Key, Revision: kv.Revision}
 	}
 	full := make([]core.Op, st.MaxTxnOps())
 	for i := range full {

@@ -335,9 +335,9 @@ func (s *Server) checkWriteLocked(op core.Op) error {
 		if !ok {
 			return fmt.Errorf("memory: guard on %q: key does not exist: %w", g.Key, core.ErrConflict)
 		}
-		if gr.kv.Version != g.Version {
-			return fmt.Errorf("memory: guard on %q: version is %d, not %d: %w",
-				g.Key, gr.kv.Version, g.Version, core.ErrConflict)
+		if gr.kv.Revision != g.Revision {
+			return fmt.Errorf("memory: guard on %q: revision is %d, not %d: %w",
+				g.Key, gr.kv.Revision, g.Revision, core.ErrConflict)
 		}
 	}
 	return nil

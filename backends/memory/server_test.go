@@ -330,10 +330,10 @@ func TestDo(t *testing.T) {
 	wantIs(t, "Do get missing", srv.Do("c", core.Op{Kind: core.OpGet, Key: "/b"}).Err, core.ErrNotFound)
 	g := srv.Do("c", core.Op{Kind: core.OpCreate, Key: "/g"}).KV
 	wantIs(t, "Do create with a failing guard",
-		srv.Do("c", core.Op{Kind: core.OpCreate, Key: "/b", Guards: []core.Guard{{Key: "/g", Version: g.Version + 1}}}).Err, core.ErrConflict)
+		srv.Do("c", core.Op{Kind: core.OpCreate, Key: "/b", Guards: []core.Guard{{Key: "/g", Revision: g.Revision + 1}}}).Err, core.ErrConflict)
 	wantIs(t, "Do CAS with a guard on a missing key",
-		srv.Do("c", core.Op{Kind: core.OpCAS, Key: "/a", Version: 1, Guards: []core.Guard{{Key: "/none", Version: 1}}}).Err, core.ErrConflict)
-	r = srv.Do("c", core.Op{Kind: core.OpCAS, Key: "/a", Value: []byte("2"), Version: 1, Guards: []core.Guard{{Key: "/g", Version: g.Version}}})
+		srv.Do("c", core.Op{Kind: core.OpCAS, Key: "/a", Version: 1, Guards: []core.Guard{{Key: "/none", Revision: 1}}}).Err, core.ErrConflict)
+	r = srv.Do("c", core.Op{Kind: core.OpCAS, Key: "/a", Value: []byte("2"), Version: 1, Guards: []core.Guard{{Key: "/g", Revision: g.Revision}}})
 	noErr(t, "Do CAS with a holding guard", r.Err)
 	if r.KV.Version != 2 || string(r.KV.Value) != "2" {
 		t.Fatalf("Do CAS = %+v", r.KV)
@@ -543,7 +543,7 @@ func TestNoPanics(t *testing.T) {
 		_ = cl.Close()
 	}
 	srv.Do("", core.Op{})
-	_, _ = srv.Txn("", []core.Op{{Kind: core.OpCAS, Key: "/k", Guards: []core.Guard{{Key: "/k", Version: -5}}}})
+	_, _ = srv.Txn("", []core.Op{{Kind: core.OpCAS, Key: "/k", Guards: []core.Guard{{Key: "/k", Revision: -5}}}})
 	_, _ = srv.Grant("", -time.Second)
 	_ = srv.KeepAlive("", "")
 	_, _ = srv.Register("", "", "/x", nil)

@@ -109,14 +109,15 @@ func checkTxnIndependentOps(c *check) {
 
 func checkTxnGuards(c *check) {
 	st, tx := c.txner()
-	g, gStale := c.stale(st, c.key("guard"))
+	first := c.mustCreate(st, c.key("guard"), "first")
+	g := c.mustCAS(st, first.Key, "second", first.Version)
 	w := c.mustCreate(st, c.key("w"), "w1")
 	ops := []core.Op{
-		{Kind: core.OpCreate, Key: c.key("held"), Value: []byte("v"), Guards: []core.Guard{{Key: g.Key, Version: g.Version}}},
-		{Kind: core.OpCreate, Key: c.key("stale"), Value: []byte("v"), Guards: []core.Guard{{Key: g.Key, Version: gStale}}},
-		{Kind: core.OpCreate, Key: c.key("absent"), Value: []byte("v"), Guards: []core.Guard{{Key: c.key("no-such-guard"), Version: 1}}},
+		{Kind: core.OpCreate, Key: c.key("held"), Value: []byte("v"), Guards: []core.Guard{{Key: g.Key, Revision: g.Revision}}},
+		{Kind: core.OpCreate, Key: c.key("stale"), Value: []byte("v"), Guards: []core.Guard{{Key: g.Key, Revision: first.Revision}}},
+		{Kind: core.OpCreate, Key: c.key("absent"), Value: []byte("v"), Guards: []core.Guard{{Key: c.key("no-such-guard"), Revision: 1}}},
 		{Kind: core.OpCAS, Key: w.Key, Value: []byte("w2"), Version: w.Version, Guards: []core.Guard{
-			{Key: g.Key, Version: g.Version}, {Key: c.key("no-such-guard"), Version: g.Version},
+			{Key: g.Key, Revision: g.Revision}, {Key: c.key("no-such-guard"), Revision: g.Revision},
 		}},
 	}
 	res := c.mustTxn(tx, ops)
@@ -134,6 +135,25 @@ func checkTxnGuards(c *check) {
 	}
 	c.sameKV(fmt.Sprintf("Get(%q) after a CAS whose guard failed", w.Key), c.mustGet(st, w.Key), w)
 	c.sameKV(fmt.Sprintf("Get(%q), the guard key, after the Txn", g.Key), c.mustGet(st, g.Key), g)
+
+	// A guard taken on one incarnation of a key never holds for a later
+	// one, even where the later one gets the same version again (a member
+	// record in a new session).
+	d, ok := st.(core.Deleter)
+	if !ok {
+		return
+	}
+	old := c.mustCreate(st, c.key("again"), "one")
+	if err := d.DeleteVersion(c.ctx, old.Key, old.Version); err != nil {
+		c.t.Fatalf("DeleteVersion(%q): %v", old.Key, err)
+	}
+	again := c.mustCreate(st, old.Key, "two")
+	res = c.mustTxn(tx, []core.Op{
+		{Kind: core.OpCreate, Key: c.key("by-old"), Value: []byte("v"), Guards: []core.Guard{{Key: old.Key, Revision: old.Revision}}},
+		{Kind: core.OpCreate, Key: c.key("by-new"), Value: []byte("v"), Guards: []core.Guard{{Key: again.Key, Revision: again.Revision}}},
+	})
+	wantErr(c, "Txn Create guarded by a deleted incarnation of a key created again", res[0].Err, core.ErrConflict)
+	wantErr(c, "Txn Create guarded by the current incarnation", res[1].Err, nil)
 }
 
 // checkTxnOneState: reads and conditions all see the state before the Txn,
@@ -147,8 +167,8 @@ func checkTxnOneState(c *check) {
 		{Kind: core.OpCAS, Key: k.Key, Value: []byte("k2"), Version: k.Version},
 		{Kind: core.OpGet, Key: r.Key},
 		{Kind: core.OpList, Key: c.key("read/")},
-		// Guarded by k's version before the Txn, which op 0 changes.
-		{Kind: core.OpCreate, Key: c.key("write/n"), Value: []byte("n1"), Guards: []core.Guard{{Key: k.Key, Version: k.Version}}},
+		// Guarded by k's revision before the Txn, which op 0 changes.
+		{Kind: core.OpCreate, Key: c.key("write/n"), Value: []byte("n1"), Guards: []core.Guard{{Key: k.Key, Revision: k.Revision}}},
 	})
 	wantErr(c, "Txn CAS", res[0].Err, nil)
 	wantErr(c, "Txn Get", res[1].Err, nil)
