@@ -334,7 +334,11 @@ func (m *Machine) NextDeadline() (time.Time, bool) {
 	var best time.Time
 	for _, n := range m.names {
 		s := m.svcs[n]
-		for _, d := range []time.Time{s.el.deadline, s.rosterDeadline(), s.resignAt} {
+		resignAt := s.resignAt
+		if !s.resigning {
+			resignAt = time.Time{}
+		}
+		for _, d := range []time.Time{s.el.deadline, s.rosterDeadline(), resignAt} {
 			if !d.IsZero() && (best.IsZero() || d.Before(best)) {
 				best = d
 			}
@@ -369,6 +373,11 @@ func (m *Machine) LoseSession() {
 		if !m.mut.IgnoreSessionLoss {
 			m.demote(s)
 		}
+		// A resignation still being written ends with the session: the
+		// record names the dead session, which the others replace, and
+		// a claim of the next session must be adopted, not taken for
+		// the resigned one (sim seed 9845).
+		s.resigning, s.resignAt = false, time.Time{}
 		m.stop(s)
 		m.failRoster(s, ErrNotPrimary)
 		m.emit(s)
