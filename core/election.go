@@ -124,6 +124,7 @@ type election struct {
 	genRetries  int
 	rPrim       recState
 	rRos        rosterState
+	rDep        recState // a dependent's dependency's primary record
 	rCands      map[string]candState
 
 	sticky  bool
@@ -199,7 +200,7 @@ func (m *Machine) read(s *service) {
 	el.deadline = time.Time{}
 	el.outstanding = 0
 	el.reads = 0
-	el.rPrim, el.rRos, el.rCands = recState{}, rosterState{}, map[string]candState{}
+	el.rPrim, el.rRos, el.rCands, el.rDep = recState{}, rosterState{}, map[string]candState{}, recState{}
 	el.sticky, el.top, el.disq, el.targets = false, false, false, nil
 	el.listed = m.mayWrite(s)
 	el.want = 3
@@ -209,6 +210,13 @@ func (m *Machine) read(s *service) {
 		m.issue(s, pendingOp{kind: opRead, part: 2}, Op{Kind: OpList, Key: m.keys.Candidates(s.name)})
 	} else {
 		m.issue(s, pendingOp{kind: opRead, part: 3}, Op{Kind: OpGet, Key: m.keys.Candidate(s.name, m.cfg.Node)})
+	}
+	if s.dep != "" {
+		// A dependent's round also starts from its dependency's record:
+		// who hosts it decides the ranks, and a new host starts a new
+		// round (see decide).
+		el.want++
+		m.issue(s, pendingOp{kind: opRead, part: 4}, Op{Kind: OpGet, Key: m.keys.Primary(s.dep)})
 	}
 }
 
@@ -264,6 +272,10 @@ func (m *Machine) readDone(s *service, p pendingOp, res OpResult) {
 	case 3:
 		if found {
 			el.rCands[m.cfg.Node] = m.decodeCandKV(res.KV)
+		}
+	case 4:
+		if found {
+			el.rDep = m.decodePrimaryKV(res.KV)
 		}
 	}
 	el.reads++
@@ -364,6 +376,14 @@ func (m *Machine) decide(s *service) {
 	gen := int64(0)
 	if el.rPrim.exists {
 		gen = el.rPrim.kv.Revision
+	}
+	if s.dep != "" && el.rDep.exists {
+		// A dependent's ranks depend on who hosts its dependency: when
+		// that changes, so does the round, and candidate variables that
+		// hold the previous host's co-located rank are from an older
+		// round, not a higher rank of this one (sim seed 23458).
+		m.observePrimaryKV(m.svcs[s.dep], el.rDep)
+		gen = max(gen, el.rDep.kv.Revision)
 	}
 	round := Round{Epoch: m.view.epoch, Gen: gen}
 	el.round = round
@@ -817,6 +837,13 @@ func (m *Machine) observePrimaryKV(s *service, st recState) {
 		s.primary = true
 		s.token = st.kv.Revision
 		s.claimKV = st.kv
+		if !m.mayHost(s) {
+			// A dependent's claim that landed after we gave up its
+			// dependency: give it up at once, without ever acting on it
+			// (sim seeds 10296, 47595).
+			_ = m.Resign(s.name)
+			return
+		}
 		m.pruneRoster(s)
 		m.startDependents(s)
 		if !s.el.running() {
