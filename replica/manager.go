@@ -73,6 +73,9 @@ type Manager struct {
 
 	// wake is kicked by the switchover watch.
 	wake chan struct{}
+
+	// warned holds the config problems already logged (by audit).
+	warned map[string]bool
 }
 
 var _ Provider = (*Manager)(nil)
@@ -221,6 +224,7 @@ func (m *Manager) round(ctx context.Context, token int64) error {
 	if err != nil {
 		return err
 	}
+	m.audit(members)
 	var errs []error
 	if err := m.switchovers(ctx, f, members); err != nil {
 		errs = append(errs, err)
@@ -276,6 +280,65 @@ func (m *Manager) write(ctx context.Context, f fence, key string, version int64,
 		_, err = m.cfg.Store.CompareAndSwap(ctx, key, b, version)
 	}
 	return err
+}
+
+// audit logs, once each, the problems in the services' declarations
+// across nodes that no single node can see in its own config: a
+// depends_on that differs between providers, and a provider of a
+// dependency that does not provide its dependent (if it becomes the
+// dependency's primary, the dependent has no primary).
+func (m *Manager) audit(members map[string]core.MemberRecord) {
+	var problems []string
+	deps := map[string]map[string][]string{} // service -> declared dependency -> nodes
+	for _, id := range sortedNames(keysOf(members)) {
+		for svc, sr := range members[id].Services {
+			if deps[svc] == nil {
+				deps[svc] = map[string][]string{}
+			}
+			deps[svc][sr.DependsOn] = append(deps[svc][sr.DependsOn], id)
+		}
+	}
+	for _, svc := range sortedNames(keysOf(deps)) {
+		if len(deps[svc]) > 1 {
+			var parts []string
+			for _, d := range sortedNames(keysOf(deps[svc])) {
+				name := d
+				if d == "" {
+					name = "(none)"
+				}
+				parts = append(parts, fmt.Sprintf("%s on %v", name, deps[svc][d]))
+			}
+			problems = append(problems, fmt.Sprintf("services[%s].depends_on differs between nodes: %s; make it the same on every node", svc, strings.Join(parts, ", ")))
+		}
+		for dep := range deps[svc] {
+			if dep == "" {
+				continue
+			}
+			for _, id := range sortedNames(keysOf(members)) {
+				_, hasDep := members[id].Services[dep]
+				_, hasSvc := members[id].Services[svc]
+				if hasDep && !hasSvc {
+					problems = append(problems, fmt.Sprintf("node %s provides %s but not %s, which depends on it: while %s is %s's primary, %s has none; provide %s there too", id, dep, svc, id, dep, svc, svc))
+				}
+			}
+		}
+	}
+	now := map[string]bool{}
+	for _, p := range problems {
+		now[p] = true
+		if !m.warned[p] {
+			m.log.Warn("config across nodes: " + p)
+		}
+	}
+	m.warned = now
+}
+
+func keysOf[V any](mp map[string]V) map[string]bool {
+	out := make(map[string]bool, len(mp))
+	for k := range mp {
+		out[k] = true
+	}
+	return out
 }
 
 // ---- switchovers ----

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -174,4 +175,26 @@ func TestManagerRemovesDepartedRecords(t *testing.T) {
 			t.Fatalf("%s of a live node or service was removed", k)
 		}
 	}
+}
+
+// TestManagerAuditsConfigAcrossNodes: the manager logs what no node can
+// see alone: depends_on declared differently, and a provider of a
+// dependency that does not provide the dependent.
+func TestManagerAuditsConfigAcrossNodes(t *testing.T) {
+	c := newCluster(t)
+	c.start("a", svc{name: "db"}, svc{name: "app", dep: "db"}, managerSvc(time.Hour))
+	c.start("b", svc{name: "db"}, svc{name: "app"}, managerSvc(time.Hour))
+	c.start("c", svc{name: "db"}, managerSvc(time.Hour))
+	eventually(t, 20*ttl, func() error {
+		logs := c.logs.String()
+		for _, want := range []string{
+			"services[app].depends_on differs between nodes: (none) on [b], db on [a]",
+			"node c provides db but not app, which depends on it",
+		} {
+			if !strings.Contains(logs, want) {
+				return fmt.Errorf("no warning %q yet", want)
+			}
+		}
+		return nil
+	})
 }
