@@ -38,6 +38,10 @@ type service struct {
 	token   int64 // our fencing token while primary
 	claimKV KV    // the primary record as our claim wrote it
 
+	// abandon is true while a claim of this dependent is in flight that
+	// was sent before we gave its dependency up: if it lands, we resign
+	// it at once. It counts as resigning.
+	abandon bool
 	// resigning is true from Resign until the record is cleared; a
 	// failed attempt is retried at resignAt.
 	resigning   bool
@@ -695,6 +699,9 @@ func (m *Machine) claim(s *service) {
 }
 
 func (m *Machine) claimDone(s *service, res OpResult) {
+	if res.Err != nil && isCASFailure(res.Err) {
+		s.abandon = false // it did not land
+	}
 	switch {
 	case res.Err == nil:
 		// The record now names us; observing it makes us primary, unless
@@ -725,8 +732,13 @@ func (m *Machine) demote(s *service) {
 	// Dependents move with their dependency: give them up too, so that
 	// the dependency's next primary can claim them.
 	for _, d := range s.dependents {
-		if ds := m.svcs[d]; ds.primary && m.session != "" {
+		ds := m.svcs[d]
+		switch {
+		case m.session == "":
+		case ds.primary:
 			_ = m.Resign(d)
+		case ds.el.phase == phClaiming:
+			ds.abandon = true
 		}
 	}
 }
@@ -826,6 +838,9 @@ func (m *Machine) observePrimaryKV(s *service, st recState) {
 	}
 	s.prim = st
 	node, sess, named := st.named()
+	if !(named && node == m.cfg.Node && sess == m.session) {
+		s.abandon = false // the record moved on without our claim
+	}
 	if s.primary && !(named && node == m.cfg.Node && sess == m.session && st.kv.Revision == s.claimKV.Revision) {
 		// The record has moved away from our claim: we are not the
 		// primary any more.

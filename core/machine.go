@@ -377,7 +377,7 @@ func (m *Machine) LoseSession() {
 		// record names the dead session, which the others replace, and
 		// a claim of the next session must be adopted, not taken for
 		// the resigned one (sim seed 9845).
-		s.resigning, s.resignAt = false, time.Time{}
+		s.resigning, s.resignAt, s.abandon = false, time.Time{}, false
 		m.stop(s)
 		m.failRoster(s, ErrNotPrimary)
 		m.emit(s)
@@ -594,6 +594,7 @@ func (m *Machine) Resign(service string) error {
 	claim := s.claimKV
 	m.demote(s)
 	m.failRoster(s, ErrNotPrimary)
+	s.abandon = false
 	s.resigning = true
 	s.resignKV = claim
 	s.resignFails, s.resignAt = 0, time.Time{}
@@ -603,10 +604,11 @@ func (m *Machine) Resign(service string) error {
 }
 
 // Resigning reports whether a resignation of the service is still being
-// written to the store.
+// written to the store, or a claim of this dependent is in flight that the
+// node will resign if it lands (it gave the dependency up meanwhile).
 func (m *Machine) Resigning(service string) bool {
 	s, ok := m.svcs[service]
-	return ok && s.resigning
+	return ok && (s.resigning || s.abandon)
 }
 
 func (m *Machine) issueVacate(s *service, depth int) {
