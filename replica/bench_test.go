@@ -77,6 +77,9 @@ func BenchmarkReplicatedFailover(b *testing.B) {
 		}
 		tick.Stop()
 		above = append(above, time.Since(t0))
+		for id := range c.members {
+			c.stop(id)
+		}
 	}
 	slices.Sort(above)
 	b.ReportMetric(float64(above[len(above)/2].Microseconds())/1000, "ms-above-TTL")

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -201,10 +202,15 @@ type cluster struct {
 	net     *loopback
 	members map[string]*member
 	logs    *syncbuf.Buffer
+	base    string
+	started int
 }
 
 func newCluster(t testing.TB) *cluster {
 	c := &cluster{t: t, srv: memory.New(memory.Options{}), net: &loopback{hosts: map[string]*replica.Host{}}, members: map[string]*member{}, logs: &syncbuf.Buffer{}}
+	// The members' data directories go under one made first, so that
+	// it is removed after they stop (cleanups run last first).
+	c.base = t.TempDir()
 	t.Cleanup(func() {
 		for id := range c.members {
 			c.stop(id)
@@ -264,7 +270,8 @@ func (c *cluster) start(id string, svcs ...svc) *member {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	h, err := replica.New(replica.Config{Node: id, DataDir: c.t.TempDir(), Services: specs, Sender: c.net, Logger: log}, n)
+	c.started++
+	h, err := replica.New(replica.Config{Node: id, DataDir: filepath.Join(c.base, fmt.Sprintf("%s-%d", id, c.started)), Services: specs, Sender: c.net, Logger: log}, n)
 	if err != nil {
 		c.t.Fatal(err)
 	}
