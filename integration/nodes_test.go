@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/concordha/concord/core"
+	"github.com/concordha/concord/internal/poll"
 	"github.com/concordha/concord/internal/syncbuf"
 )
 
@@ -423,23 +424,11 @@ func (o *observer) waitAgreed(t *testing.T, within time.Duration, live []*node, 
 }
 
 // eventually polls cond every 50ms until it returns nil, failing t after
-// within. (storetest.Eventually polls every 10ms, which here would load
-// the 2-core machines the tests run on with store reads.)
+// within. (poll.Eventually polls every 10ms, which here would load the
+// 2-core machines the tests run on with store reads.)
 func eventually(t *testing.T, within time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still not true after %v: %v", what, within, err)
-		}
-		<-tick.C
-	}
+	poll.Every(t, 50*time.Millisecond, within, what, cond)
 }
 
 // requireSteady checks that the primaries stay exactly got for d: no
