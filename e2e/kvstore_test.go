@@ -320,6 +320,20 @@ func TestKVStoreUnderConcord(t *testing.T) {
 	}
 
 	first, sec := primary(nodes)
+	// The node API's checks agree: only the primary's node passes the
+	// primary check, only the secondary's the secondary check.
+	for _, n := range nodes {
+		for check, want := range map[string]bool{"primary": n == first, "secondary": n.id == sec} {
+			resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/v1/services/kv/%s", n.api, check))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if (resp.StatusCode == 200) != want {
+				t.Fatalf("node %s: GET /v1/services/kv/%s = %d, want 200: %v", n.id, check, resp.StatusCode, want)
+			}
+		}
+	}
 	// Synchronous writes: each is answered only once a checkpoint holding
 	// it is acknowledged by the secondary.
 	acked := map[string]string{}

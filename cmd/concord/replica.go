@@ -154,7 +154,11 @@ func startHost(f *config.File, rc config.Replica, st core.Store, n *core.Node, l
 	})
 	mux := http.NewServeMux()
 	mux.Handle("/v1/peer/", ps)
-	mux.Handle("/v1/services/", replica.LocalAPI(a.host, apiToken))
+	mux.Handle("POST /v1/services/{service}/checkpoint", replica.LocalAPI(a.host, apiToken))
+	health := replica.HealthAPI(a.host)
+	mux.Handle("GET /v1/services/", health)
+	mux.Handle("GET /v1/health", health)
+	mux.Handle("GET /v1/cluster", health)
 	a.ln, err = net.Listen("tcp", rc.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("node.api.listen %q: %w (is another process using the port?)", rc.Listen, err)
