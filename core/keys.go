@@ -13,6 +13,7 @@ import (
 //	<prefix>primary/<service>       primary record: the commit point of elections
 //	<prefix>roster/<service>        which providers are secondaries, and how fresh
 //	<prefix>cand/<service>/<node>   the node's candidate variable for the service
+//	<prefix>endpoints/<service>     where the service's primary serves clients
 //	<prefix>manager/...             the replica manager's state (see Keys.Manager)
 //
 // Candidate, primary and roster records are persistent: they are never
@@ -52,6 +53,12 @@ func (k Keys) Candidates(svc string) string { return k.prefix + "cand/" + svc + 
 
 // Candidate is a node's candidate variable for a service.
 func (k Keys) Candidate(svc, n string) string { return k.prefix + "cand/" + svc + "/" + n }
+
+// Endpoints is the folder of the services' published endpoints.
+func (k Keys) Endpoints() string { return k.prefix + "endpoints/" }
+
+// Endpoint is a service's published endpoint.
+func (k Keys) Endpoint(svc string) string { return k.prefix + "endpoints/" + svc }
 
 // AllCandidates is the folder of every service's candidate variables.
 func (k Keys) AllCandidates() string { return k.prefix + "cand/" }

@@ -75,6 +75,33 @@ func (r *RosterRecord) sortEntries() {
 	sort.Slice(r.Secondaries, func(i, j int) bool { return r.Secondaries[i].Node < r.Secondaries[j].Node })
 }
 
+// EndpointRecord is where a service's primary serves its clients,
+// published by that primary once its service is promoted (steps 408 and
+// 412: connections are mapped to the new primary). It is usable only
+// while Token is the revision of the service's primary record and
+// Session is a live member's: a reader checks both, so a record left by
+// a former primary is never followed.
+type EndpointRecord struct {
+	Node    string `json:"node"`
+	Session string `json:"session"`
+	Address string `json:"address"`
+	Epoch   int64  `json:"epoch"`
+	Token   int64  `json:"token"`
+}
+
+// DecodeEndpoint decodes and checks an endpoint record; errors wrap
+// ErrBadRecord and name the key.
+func DecodeEndpoint(kv KV) (EndpointRecord, error) {
+	var e EndpointRecord
+	if err := decodeJSON(kv.Key, kv.Value, &e); err != nil {
+		return e, err
+	}
+	if e.Node == "" || e.Address == "" || e.Token <= 0 {
+		return e, fmt.Errorf("%w: key %q: endpoint record needs a node, an address and a positive token", ErrBadRecord, kv.Key)
+	}
+	return e, nil
+}
+
 // CandidateRecord is a candidate variable (claims 4 and 16): the best
 // candidate its owner has been told of in a round.
 type CandidateRecord struct {
