@@ -25,9 +25,26 @@ import (
 
 func (h *Host) checkpointLoop(ctx context.Context, s *hosted, ev core.Event) {
 	defer h.wg.Done()
+	published := s.spec.Endpoint == "" || h.cfg.Store == nil
+	if !published {
+		published = h.publish(ctx, s, ev)
+	}
 	t := time.NewTicker(s.spec.CheckpointInterval)
 	defer t.Stop()
+	// Until the endpoint is out, try again at a shorter period.
+	retry := time.NewTicker(min(s.spec.CheckpointInterval, 250*time.Millisecond))
+	defer retry.Stop()
 	for {
+		if !published {
+			select {
+			case <-ctx.Done():
+				return
+			case <-retry.C:
+				published = h.publish(ctx, s, ev)
+				continue
+			default:
+			}
+		}
 		h.cycle(ctx, s, ev, "")
 		select {
 		case <-ctx.Done():

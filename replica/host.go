@@ -46,6 +46,10 @@ type ServiceSpec struct {
 	// ActionTimeout bounds each provider call (a resource agent has its
 	// own per-action timeouts as well). Zero means 2 minutes.
 	ActionTimeout time.Duration
+	// Endpoint is the service's client address on this node (host:port).
+	// Once promoted here, the host publishes it as the service's
+	// endpoint (core.EndpointRecord), if Config.Store is set.
+	Endpoint string
 }
 
 // Config configures a Host.
@@ -65,6 +69,10 @@ type Config struct {
 	// primary follows it when it promotes spares; without a plan it
 	// promotes by rank.
 	Plan func(ctx context.Context, service string) ([]string, error)
+	// Store and Keys, if set, are where the primary publishes its
+	// services' endpoints.
+	Store core.Store
+	Keys  core.Keys
 	// SyncTimeout bounds Host.Checkpoint. Zero means 30 seconds.
 	SyncTimeout time.Duration
 	// Logger receives structured logs; nil means slog.Default().

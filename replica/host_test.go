@@ -257,7 +257,7 @@ func (c *cluster) start(id string, svcs ...svc) *member {
 		p := &kv{node: id, journal: &m.journal}
 		m.prov[s.name] = p
 		sp := replica.ServiceSpec{
-			Name: s.name, DependsOn: s.dep, Provider: p, Secondaries: 1,
+			Name: s.name, DependsOn: s.dep, Provider: p, Secondaries: 1, Endpoint: id + ".example:" + s.name,
 			CheckpointInterval: 50 * time.Millisecond, MonitorInterval: 20 * time.Millisecond,
 			MaxRestarts: 2, RestartWindow: time.Minute,
 		}
@@ -271,7 +271,11 @@ func (c *cluster) start(id string, svcs ...svc) *member {
 		c.t.Fatal(err)
 	}
 	c.started++
-	h, err := replica.New(replica.Config{Node: id, DataDir: filepath.Join(c.base, fmt.Sprintf("%s-%d", id, c.started)), Services: specs, Sender: c.net, Logger: log}, n)
+	keys, _ := core.NewKeys(cfg.Prefix)
+	h, err := replica.New(replica.Config{
+		Node: id, DataDir: filepath.Join(c.base, fmt.Sprintf("%s-%d", id, c.started)), Services: specs, Sender: c.net, Logger: log,
+		Store: c.srv.Client(id + "-host"), Keys: keys,
+	}, n)
 	if err != nil {
 		c.t.Fatal(err)
 	}
