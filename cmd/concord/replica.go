@@ -75,7 +75,7 @@ func startHost(f *config.File, rc config.Replica, st core.Store, n *core.Node, l
 	var specs []replica.ServiceSpec
 	for _, s := range rc.Services {
 		sp := replica.ServiceSpec{
-			Name: s.Name, DependsOn: s.DependsOn, Secondaries: s.Secondaries, SyncAcks: s.SyncAcks,
+			Name: s.Name, DependsOn: s.DependsOn, Secondaries: s.Secondaries, SyncAcks: s.SyncAcks, Endpoint: s.Endpoint,
 			CheckpointInterval: s.CheckpointInterval, MonitorInterval: s.MonitorInterval,
 			MaxRestarts: s.MaxRestarts, RestartWindow: s.RestartWindow,
 		}
@@ -98,7 +98,7 @@ func startHost(f *config.File, rc config.Replica, st core.Store, n *core.Node, l
 		}
 		specs = append(specs, sp)
 	}
-	hcfg := replica.Config{Node: f.Node.ID, DataDir: rc.DataDir, Services: specs, Logger: log, Plan: a.plan}
+	hcfg := replica.Config{Node: f.Node.ID, DataDir: rc.DataDir, Services: specs, Logger: log, Plan: a.plan, Store: st, Keys: keys}
 	if rc.Listen != "" {
 		a.client, err = peer.NewClient(peer.ClientConfig{Node: f.Node.ID, Secret: rc.Secret, TLS: rc.ClientTLS})
 		if err != nil {

@@ -356,6 +356,10 @@ type Service struct {
 	// Agent is the service's resource agent; nil makes the service
 	// election-only: concord elects its primary and runs nothing.
 	Agent *ServiceAgent `mapstructure:"agent"`
+	// Endpoint is the service's client address on this node (host:port),
+	// which the node publishes for clients once it is the service's
+	// primary (package client). Optional.
+	Endpoint string `mapstructure:"endpoint"`
 }
 
 // ServiceAgent is services[].agent: the resource agent concord runs for

@@ -83,6 +83,8 @@ type ReplicaService struct {
 	CheckpointInterval, MonitorInterval, RestartWindow time.Duration
 	// Agent is the resource agent; nil: the service is election-only.
 	Agent *Agent
+	// Endpoint is the client address the node publishes as primary.
+	Endpoint string
 }
 
 // Agent is a service's resource agent, as concord runs it.
@@ -230,6 +232,7 @@ func (s Service) replica() ReplicaService {
 		CheckpointInterval: *s.CheckpointInterval,
 		MonitorInterval:    *s.MonitorInterval,
 		RestartWindow:      *s.RestartWindow,
+		Endpoint:           s.Endpoint,
 	}
 	if a := s.Agent; a != nil {
 		t := a.Timeouts

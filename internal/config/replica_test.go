@@ -369,6 +369,10 @@ func TestReplicaErrors(t *testing.T) {
 				"FILE:9: services[0].sync_acks: is -1; give 0",
 				"FILE:10: services[0].max_restarts: is -2; give 0 (resign at the first failure) or more (the default is 3)",
 			}},
+		{name: "endpoint not host:port", content: "node: {id: a}\nservices:\n  - name: db\n    endpoint: db.local\n",
+			want: []string{`FILE:4: services[0].endpoint: "db.local" is not host:port; give the address clients reach the service at on this node, e.g. 10.0.0.1:5432`}},
+		{name: "endpoint on every interface", content: "node: {id: a}\nservices:\n  - name: db\n    endpoint: 0.0.0.0:5432\n",
+			want: []string{`FILE:4: services[0].endpoint: "0.0.0.0:5432" names every interface, which no client can dial; give this node's address`}},
 		{name: "zero durations", content: svc("    checkpoint_interval: 0s\n    monitor_interval: 0\n    restart_window: -1m\n"),
 			want: []string{
 				"FILE:8: services[0].checkpoint_interval: is 0s; it must be positive, e.g. 5s (the default)",
@@ -706,6 +710,7 @@ func TestKVStoreExamples(t *testing.T) {
 			Services: []ReplicaService{{
 				Name: "kv", Secondaries: 1, SyncAcks: 1, MaxRestarts: 3,
 				CheckpointInterval: 2 * time.Second, MonitorInterval: time.Second, RestartWindow: 5 * time.Minute,
+				Endpoint: "127.0.0.1:810" + port,
 				Agent: &Agent{
 					Command: filepath.Join(dir, "kvstore"),
 					Params:  map[string]string{"listen": "127.0.0.1:810" + port, "dir": "kv-" + n, "lease": "5s"},

@@ -224,6 +224,13 @@ func (c *checker) replication(i int, s Service, index map[string]int) {
 	case *s.Secondaries >= 0 && s.SyncAcks > *s.Secondaries:
 		c.add(p+".sync_acks", "%d is more than %s.secondaries %d: a synchronous checkpoint would wait for acknowledgements from secondaries that do not exist; lower sync_acks, or raise secondaries", s.SyncAcks, p, *s.Secondaries)
 	}
+	if s.Endpoint != "" {
+		if host, port, err := net.SplitHostPort(s.Endpoint); err != nil || host == "" || port == "" {
+			c.add(p+".endpoint", "%q is not host:port; give the address clients reach the service at on this node, e.g. 10.0.0.1:5432", s.Endpoint)
+		} else if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			c.add(p+".endpoint", "%q names every interface, which no client can dial; give this node's address", s.Endpoint)
+		}
+	}
 	if *s.MaxRestarts < 0 {
 		c.add(p+".max_restarts", "is %d; give 0 (resign at the first failure) or more (the default is %d)", *s.MaxRestarts, def.MaxRestarts)
 	}
