@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/concordha/concord/backends/etcd"
+	"github.com/concordha/concord/client"
 	"github.com/concordha/concord/core"
 	"github.com/concordha/concord/internal/leakcheck"
 	"github.com/concordha/concord/internal/poll"
@@ -115,6 +116,7 @@ services:
     monitor_interval: 400ms
     max_restarts: 2
     restart_window: 1m
+    endpoint: 127.0.0.1:%[7]d
     agent:
       command: ./kvstore
       params:
@@ -190,11 +192,11 @@ type health struct {
 	Token   int64  `json:"token"`
 }
 
-var client = &http.Client{Timeout: 2 * time.Second}
+var httpc = &http.Client{Timeout: 2 * time.Second}
 
 func healthOf(n *kvNode) (health, error) {
 	var h health
-	resp, err := client.Get(n.kvURL("/healthz"))
+	resp, err := httpc.Get(n.kvURL("/healthz"))
 	if err != nil {
 		return h, err
 	}
@@ -207,7 +209,7 @@ func healthOf(n *kvNode) (health, error) {
 
 func put(n *kvNode, k, v string) error {
 	req, _ := http.NewRequest(http.MethodPut, n.kvURL("/kv/"+k), strings.NewReader(v))
-	resp, err := client.Do(req)
+	resp, err := httpc.Do(req)
 	if err != nil {
 		return err
 	}
@@ -220,7 +222,7 @@ func put(n *kvNode, k, v string) error {
 }
 
 func all(n *kvNode) (map[string]string, error) {
-	resp, err := client.Get(n.kvURL("/kv"))
+	resp, err := httpc.Get(n.kvURL("/kv"))
 	if err != nil {
 		return nil, err
 	}
@@ -324,7 +326,7 @@ func TestKVStoreUnderConcord(t *testing.T) {
 	// primary check, only the secondary's the secondary check.
 	for _, n := range nodes {
 		for check, want := range map[string]bool{"primary": n == first, "secondary": n.id == sec} {
-			resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/v1/services/kv/%s", n.api, check))
+			resp, err := httpc.Get(fmt.Sprintf("http://127.0.0.1:%d/v1/services/kv/%s", n.api, check))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -334,6 +336,23 @@ func TestKVStoreUnderConcord(t *testing.T) {
 			}
 		}
 	}
+	// The client package finds the primary through its published endpoint.
+	resolver, err := client.New(st, "concord/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the endpoint published", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		ep, err := resolver.Primary(ctx, "kv")
+		if err != nil {
+			return err
+		}
+		if ep.Node != first.id || ep.Address != fmt.Sprintf("127.0.0.1:%d", first.kv) {
+			return fmt.Errorf("resolved %+v, want %s at port %d", ep, first.id, first.kv)
+		}
+		return nil
+	})
 	// Synchronous writes: each is answered only once a checkpoint holding
 	// it is acknowledged by the secondary.
 	acked := map[string]string{}
@@ -403,6 +422,18 @@ func TestKVStoreUnderConcord(t *testing.T) {
 	if sec2 == first.id || sec2 == next.id {
 		t.Fatalf("secondary after failover is %s", sec2)
 	}
+	eventually(t, 10*time.Second, "the new primary's endpoint resolved", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		ep, err := resolver.Primary(ctx, "kv")
+		if err != nil {
+			return err
+		}
+		if ep.Node != next.id {
+			return fmt.Errorf("resolved %s, want %s", ep.Node, next.id)
+		}
+		return nil
+	})
 	if err := put(next, "after", "failover"); err != nil {
 		t.Fatalf("write to the new primary: %v", err)
 	}
