@@ -722,7 +722,7 @@ func (m *Manager) collect(ctx context.Context, f fence, members map[string]core.
 			for _, kv := range cs {
 				remove(kv)
 			}
-			for _, key := range []string{keys.Roster(svc), keys.Plan(svc), keys.Switchover(svc), keys.Primary(svc)} {
+			for _, key := range []string{keys.Roster(svc), keys.Plan(svc), keys.Switchover(svc), keys.Endpoint(svc), keys.Primary(svc)} {
 				if kv, err := st.Get(ctx, key); err == nil {
 					remove(kv)
 				}

@@ -156,14 +156,17 @@ func TestManagerRemovesDepartedRecords(t *testing.T) {
 		_, err := st.Get(ctx, key)
 		return err == nil
 	}
-	for _, k := range []string{"concord/cand/db/c", "concord/primary/old", "concord/cand/old/c"} {
-		if !exists(k) {
-			t.Fatalf("%s missing before c left", k)
+	eventually(t, 10*ttl, func() error {
+		for _, k := range []string{"concord/cand/db/c", "concord/primary/old", "concord/cand/old/c", "concord/endpoints/old"} {
+			if !exists(k) {
+				return fmt.Errorf("%s missing before c left", k)
+			}
 		}
-	}
+		return nil
+	})
 	c.stop("c")
 	eventually(t, 20*ttl+10*grace, func() error {
-		for _, k := range []string{"concord/cand/db/c", "concord/primary/old", "concord/cand/old/c"} {
+		for _, k := range []string{"concord/cand/db/c", "concord/primary/old", "concord/cand/old/c", "concord/endpoints/old"} {
 			if exists(k) {
 				return fmt.Errorf("%s still there", k)
 			}
