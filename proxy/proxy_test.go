@@ -1,0 +1,349 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestNewChecksConfig(t *testing.T) {
+	src := newFakeSource()
+	for _, tc := range []struct {
+		name  string
+		cfg   Config
+		field string
+	}{
+		{"no service", Config{Listen: ":0", Source: src}, "Service"},
+		{"no listen", Config{Service: "s", Source: src}, "Listen"},
+		{"no source", Config{Service: "s", Listen: ":0"}, "Source"},
+		{"negative hold", Config{Service: "s", Listen: ":0", Source: src, HoldTimeout: -1}, "HoldTimeout"},
+		{"negative dial", Config{Service: "s", Listen: ":0", Source: src, DialTimeout: -1}, "DialTimeout"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New(tc.cfg)
+			if err == nil || !strings.Contains(err.Error(), "Config."+tc.field) {
+				t.Fatalf("New: got %v, want an error naming Config.%s", err, tc.field)
+			}
+		})
+	}
+	p, err := New(Config{Service: "s", Listen: ":0", Source: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.cfg.HoldTimeout != DefaultHoldTimeout || p.cfg.DialTimeout != DefaultDialTimeout {
+		t.Errorf("defaults: hold %v dial %v", p.cfg.HoldTimeout, p.cfg.DialTimeout)
+	}
+	if p.Addr() != nil {
+		t.Errorf("Addr before Run = %v, want nil", p.Addr())
+	}
+}
+
+func TestRunListenErrorAndOnce(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	p, err := New(Config{Service: "s", Listen: busy.Addr().String(), Source: newFakeSource()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = p.Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "Config.Listen") {
+		t.Fatalf("Run on a busy address: got %v, want an error naming Config.Listen", err)
+	}
+	if err := p.Run(context.Background()); !errors.Is(err, ErrAlreadyRun) {
+		t.Fatalf("second Run: got %v, want ErrAlreadyRun", err)
+	}
+}
+
+func TestForwardsAndHalfCloses(t *testing.T) {
+	a := startEcho(t, "")
+	r := startProxy(t, time.Second)
+	r.src.push(t, a.endpoint("n1", 1))
+	r.waitCurrent(t, "endpoint a", func(u Update) bool { return u.Valid })
+
+	c := r.dial(t)
+	roundTrip(t, c, "hello")
+	roundTrip(t, c, strings.Repeat("x", 100_000))
+
+	// The client ends its side: the proxy must pass the half-close on, so
+	// the echo server sees EOF, sends what it still has, and closes.
+	if _, err := c.Write([]byte("last words")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(waitFor))
+	rest, err := io.ReadAll(c)
+	if err != nil || string(rest) != "last words" {
+		t.Fatalf("after CloseWrite: read %q, %v; want the echo then EOF", rest, err)
+	}
+	r.waitStats(t, "one forwarded", func(s Stats) bool {
+		return s.Accepted == 1 && s.Forwarded == 1 && s.Held == 0
+	})
+}
+
+func TestHeldWhileInvalidThenForwarded(t *testing.T) {
+	a := startEcho(t, "")
+	r := startProxy(t, waitFor)
+	r.src.push(t, Update{Why: "election running"})
+	r.waitCurrent(t, "invalid", func(u Update) bool { return !u.Valid && u.Why == "election running" })
+
+	c := r.dial(t)
+	if _, err := c.Write([]byte("early")); err != nil {
+		t.Fatal(err)
+	}
+	r.waitStats(t, "connection held", func(s Stats) bool { return s.Accepted == 1 && s.Held == 1 })
+	if n := a.accepted.Load(); n != 0 {
+		t.Fatalf("primary got %d connections while the state was invalid", n)
+	}
+
+	r.src.push(t, a.endpoint("n1", 1))
+	c.SetReadDeadline(time.Now().Add(waitFor))
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "early" {
+		t.Fatalf("held bytes: read %q, %v; want them forwarded once valid", got, err)
+	}
+	roundTrip(t, c, "later")
+	if s := r.p.Stats(); s.Forwarded != 1 || s.Expired != 0 {
+		t.Fatalf("stats %+v: want 1 forwarded, 0 expired", s)
+	}
+}
+
+func TestHoldTimeoutCloses(t *testing.T) {
+	r := startProxy(t, 200*time.Millisecond)
+	r.src.push(t, Update{Why: "election running"})
+	r.waitCurrent(t, "invalid", func(u Update) bool { return !u.Valid })
+
+	start := time.Now()
+	c := r.dial(t)
+	expectClosed(t, c, waitFor)
+	if held := time.Since(start); held < 200*time.Millisecond {
+		t.Fatalf("closed after %v, before HoldTimeout", held)
+	}
+	r.waitStats(t, "expired", func(s Stats) bool { return s.Expired == 1 && s.Held == 1 && s.Forwarded == 0 })
+	if _, ok := r.log.find("held too long", "service=svc", "held=", "why=election running"); !ok {
+		t.Fatalf("no log line with service, time held and why; logs:\n%s", r.log.all())
+	}
+}
+
+func TestPrimaryReplacedClosesOldConnections(t *testing.T) {
+	a, b := startEcho(t, ""), startEcho(t, "")
+	r := startProxy(t, waitFor)
+	r.src.push(t, a.endpoint("n1", 1))
+	r.waitCurrent(t, "endpoint a", func(u Update) bool { return u.Endpoint.Token == 1 })
+	old1, old2 := r.dial(t), r.dial(t)
+	roundTrip(t, old1, "one")
+	roundTrip(t, old2, "two")
+
+	r.src.push(t, b.endpoint("n2", 2))
+	// "At once": far sooner than any timeout of the proxy.
+	expectClosed(t, old1, time.Second)
+	expectClosed(t, old2, time.Second)
+	r.waitStats(t, "two closed on change", func(s Stats) bool { return s.ClosedOnChange == 2 })
+
+	c := r.dial(t)
+	roundTrip(t, c, "new")
+	if na, nb := a.accepted.Load(), b.accepted.Load(); na != 2 || nb != 1 {
+		t.Fatalf("connections: a %d, b %d; want the new one on b", na, nb)
+	}
+	if _, ok := r.log.find("forwards to endpoint", "token 2", "closed_connections=2"); !ok {
+		t.Fatalf("no log of the change; logs:\n%s", r.log.all())
+	}
+}
+
+func TestLowerTokenIgnored(t *testing.T) {
+	a, b := startEcho(t, ""), startEcho(t, "")
+	r := startProxy(t, waitFor)
+	r.src.push(t, b.endpoint("n2", 5))
+	r.waitCurrent(t, "endpoint b", func(u Update) bool { return u.Endpoint.Token == 5 })
+	c := r.dial(t)
+	roundTrip(t, c, "before")
+
+	r.src.push(t, a.endpoint("n1", 4))
+	r.waitStats(t, "stale update counted", func(s Stats) bool { return s.StaleUpdates == 1 })
+	if u := r.p.Current(); u.Endpoint.Addr != b.addr() || u.Endpoint.Token != 5 {
+		t.Fatalf("current %+v; want b, token 5, kept", u)
+	}
+	roundTrip(t, c, "still on b")
+	c2 := r.dial(t)
+	roundTrip(t, c2, "new on b")
+	if a.accepted.Load() != 0 {
+		t.Fatal("the stale primary got a connection")
+	}
+	if _, ok := r.log.find("older primary", "token 4", "highest_token=5"); !ok {
+		t.Fatalf("no log of the ignored update; logs:\n%s", r.log.all())
+	}
+
+	// The highest token is remembered across a period without a primary.
+	r.src.push(t, Update{Why: "store lost"})
+	r.src.push(t, a.endpoint("n1", 3))
+	r.waitStats(t, "second stale update counted", func(s Stats) bool { return s.StaleUpdates == 2 })
+	if u := r.p.Current(); u.Valid {
+		t.Fatalf("current %+v; want the invalid state kept", u)
+	}
+	// And a malformed endpoint is ignored too.
+	r.src.push(t, Update{Valid: true, Endpoint: Endpoint{Token: 9}})
+	r.waitStats(t, "malformed update counted", func(s Stats) bool { return s.StaleUpdates == 3 })
+}
+
+func TestSameTokenNewAddress(t *testing.T) {
+	a, b := startEcho(t, ""), startEcho(t, "")
+	r := startProxy(t, waitFor)
+	r.src.push(t, a.endpoint("n1", 7))
+	r.waitCurrent(t, "endpoint a", func(u Update) bool { return u.Valid })
+	old := r.dial(t)
+	roundTrip(t, old, "on a")
+
+	// A repeat of the same endpoint changes nothing.
+	r.src.push(t, a.endpoint("n1", 7))
+	r.src.push(t, b.endpoint("n1", 7))
+	expectClosed(t, old, time.Second)
+	r.waitStats(t, "closed on the move", func(s Stats) bool { return s.ClosedOnChange == 1 })
+	c := r.dial(t)
+	roundTrip(t, c, "on b")
+	if nb := b.accepted.Load(); nb != 1 {
+		t.Fatalf("b got %d connections, want 1", nb)
+	}
+}
+
+func TestInvalidKeepsForwardedConnections(t *testing.T) {
+	a := startEcho(t, "")
+	r := startProxy(t, waitFor)
+	r.src.push(t, a.endpoint("n1", 1))
+	r.waitCurrent(t, "endpoint a", func(u Update) bool { return u.Valid })
+	c := r.dial(t)
+	roundTrip(t, c, "before")
+
+	r.src.push(t, Update{Why: "store lost"})
+	r.waitCurrent(t, "invalid", func(u Update) bool { return !u.Valid })
+	roundTrip(t, c, "during")
+	r.src.push(t, a.endpoint("n1", 1))
+	r.waitCurrent(t, "valid again", func(u Update) bool { return u.Valid })
+	roundTrip(t, c, "after")
+	if s := r.p.Stats(); s.ClosedOnChange != 0 {
+		t.Fatalf("stats %+v: want nothing closed", s)
+	}
+}
+
+func TestDialFailureRetriedWithinHold(t *testing.T) {
+	addr := freeAddr(t)
+	r := startProxy(t, waitFor)
+	r.src.push(t, Update{Valid: true, Endpoint: Endpoint{Node: "n1", Addr: addr, Token: 1}})
+	r.waitCurrent(t, "endpoint", func(u Update) bool { return u.Valid })
+
+	c := r.dial(t)
+	if _, err := c.Write([]byte("waiting")); err != nil {
+		t.Fatal(err)
+	}
+	r.waitStats(t, "held after a failed dial", func(s Stats) bool { return s.Held == 1 })
+	startEcho(t, addr) // the primary comes up
+	c.SetReadDeadline(time.Now().Add(waitFor))
+	got := make([]byte, 7)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "waiting" {
+		t.Fatalf("read %q, %v; want the echo once the primary is up", got, err)
+	}
+	if s := r.p.Stats(); s.Forwarded != 1 || s.Expired != 0 {
+		t.Fatalf("stats %+v: want 1 forwarded, 0 expired", s)
+	}
+}
+
+func TestDialFailureExpires(t *testing.T) {
+	addr := freeAddr(t)
+	r := startProxy(t, 200*time.Millisecond)
+	r.src.push(t, Update{Valid: true, Endpoint: Endpoint{Node: "n1", Addr: addr, Token: 1}})
+	r.waitCurrent(t, "endpoint", func(u Update) bool { return u.Valid })
+	c := r.dial(t)
+	expectClosed(t, c, waitFor)
+	r.waitStats(t, "expired", func(s Stats) bool { return s.Expired == 1 && s.Forwarded == 0 })
+	if _, ok := r.log.find("held too long", "why=dial primary", addr); !ok {
+		t.Fatalf("no log naming the failed dial; logs:\n%s", r.log.all())
+	}
+}
+
+func TestCancelClosesEverything(t *testing.T) {
+	a := startEcho(t, "")
+	r := startProxy(t, waitFor)
+	r.src.push(t, a.endpoint("n1", 1))
+	r.waitCurrent(t, "endpoint", func(u Update) bool { return u.Valid })
+	fwd := r.dial(t)
+	roundTrip(t, fwd, "hi")
+	r.src.push(t, Update{Why: "election running"})
+	r.waitCurrent(t, "invalid", func(u Update) bool { return !u.Valid })
+	held := r.dial(t)
+	r.waitStats(t, "held", func(s Stats) bool { return s.Held == 1 })
+
+	if err := r.stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	expectClosed(t, fwd, time.Second)
+	expectClosed(t, held, time.Second)
+	if s := r.p.Stats(); s.Refused != 1 || s.Expired != 0 {
+		t.Fatalf("stats %+v: want the held connection refused", s)
+	}
+	if _, err := net.DialTimeout("tcp", r.p.Addr().String(), time.Second); err == nil {
+		t.Fatal("the proxy still accepts connections after Run returned")
+	}
+}
+
+func TestSourceStopsMeansInvalid(t *testing.T) {
+	a := startEcho(t, "")
+	r := startProxy(t, 200*time.Millisecond)
+	r.src.push(t, a.endpoint("n1", 1))
+	r.waitCurrent(t, "endpoint", func(u Update) bool { return u.Valid })
+	close(r.src.stop)
+	r.waitCurrent(t, "invalid", func(u Update) bool { return !u.Valid && u.Why == "endpoint source stopped" })
+	c := r.dial(t)
+	expectClosed(t, c, waitFor)
+	r.waitStats(t, "expired", func(s Stats) bool { return s.Expired == 1 })
+}
+
+func TestManyConcurrentConnections(t *testing.T) {
+	a := startEcho(t, "")
+	r := startProxy(t, waitFor)
+	const conns, rounds = 50, 10
+	// Half the clients arrive while there is no primary and are held.
+	r.src.push(t, Update{Why: "election running"})
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	for i := range conns {
+		if i == conns/2 {
+			r.waitStats(t, "first half held", func(s Stats) bool { return s.Held == conns/2 })
+			r.src.push(t, a.endpoint("n1", 1))
+		}
+		c := r.dial(t)
+		wg.Go(func() {
+			msg := make([]byte, 4096)
+			for range rounds {
+				rand.Read(msg)
+				if err := echo(c, msg); err != nil {
+					errs <- err
+					return
+				}
+			}
+			c.Close()
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	r.waitStats(t, "all forwarded and done", func(s Stats) bool {
+		return s.Accepted == conns && s.Forwarded == conns && s.Expired == 0
+	})
+	// Closed clients end their forwarding; the proxy must forget them.
+	r.waitStats(t, "forwarded set drained", func(Stats) bool {
+		r.p.mu.Lock()
+		defer r.p.mu.Unlock()
+		return len(r.p.fwds) == 0
+	})
+}
