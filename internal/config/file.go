@@ -41,7 +41,10 @@ type File struct {
 	Cluster  Cluster   `mapstructure:"cluster"`
 	Store    Store     `mapstructure:"store"`
 	Services []Service `mapstructure:"services"`
-	Log      Log       `mapstructure:"log"`
+	// Proxies are the TCP proxies this node runs, each forwarding to a
+	// service's current primary.
+	Proxies []Proxy `mapstructure:"proxies"`
+	Log     Log     `mapstructure:"log"`
 
 	// src says where values came from, for error messages. Zero for a
 	// File built in code.
@@ -360,6 +363,23 @@ type Service struct {
 	// which the node publishes for clients once it is the service's
 	// primary (package client). Optional.
 	Endpoint string `mapstructure:"endpoint"`
+}
+
+// Proxy is proxies[]: a TCP proxy on this node to a service's current
+// primary (package proxy). The service need not be one this node
+// provides.
+type Proxy struct {
+	// Service is the service whose primary connections go to. Required.
+	Service string `mapstructure:"service"`
+	// Listen is the proxy's host:port. Required.
+	Listen string `mapstructure:"listen"`
+	// HoldTimeout bounds how long a new connection is held while there is
+	// no usable primary (an election runs); then it is refused. Default
+	// 10s.
+	HoldTimeout time.Duration `mapstructure:"hold_timeout"`
+	// DialTimeout bounds each connection attempt to the primary. Default
+	// 2s.
+	DialTimeout time.Duration `mapstructure:"dial_timeout"`
 }
 
 // ServiceAgent is services[].agent: the resource agent concord runs for

@@ -244,3 +244,23 @@ func (s Service) replica() ReplicaService {
 	}
 	return r
 }
+
+// Defaults of proxies[].
+const (
+	DefaultProxyHold = 10 * time.Second
+	DefaultProxyDial = 2 * time.Second
+)
+
+// ProxyConfigs returns proxies[], defaults filled.
+func (f *File) ProxyConfigs() []Proxy {
+	out := slices.Clone(f.Proxies)
+	for i := range out {
+		if out[i].HoldTimeout == 0 {
+			out[i].HoldTimeout = DefaultProxyHold
+		}
+		if out[i].DialTimeout == 0 {
+			out[i].DialTimeout = DefaultProxyDial
+		}
+	}
+	return out
+}

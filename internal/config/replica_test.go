@@ -753,3 +753,43 @@ func TestCoreConfigDependsOn(t *testing.T) {
 		t.Errorf("services %+v; want %+v", got, want)
 	}
 }
+
+func TestProxies(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	good := "node: {id: a}\nservices: [{name: db}]\nproxies:\n  - service: kv\n    listen: 127.0.0.1:15432\n  - service: db\n    listen: 127.0.0.1:15433\n    hold_timeout: 3s\n"
+	if err := os.WriteFile(path, []byte(good), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := LoadEnv(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := f.ProxyConfigs()
+	want := []Proxy{
+		{Service: "kv", Listen: "127.0.0.1:15432", HoldTimeout: DefaultProxyHold, DialTimeout: DefaultProxyDial},
+		{Service: "db", Listen: "127.0.0.1:15433", HoldTimeout: 3 * time.Second, DialTimeout: DefaultProxyDial},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("ProxyConfigs = %+v, want %+v", got, want)
+	}
+	for bad, wants := range map[string][]string{
+		"node: {id: a}\nservices: [{name: db}]\nproxies:\n  - service: bad/name\n    listen: nowhere\n  - service: db\n    listen: 127.0.0.1:1\n    hold_timeout: -1s\n  - {service: db, listen: 127.0.0.1:1}\n": {
+			"proxies[0].service", `proxies[0].listen: "nowhere" is not host:port`, "proxies[1].hold_timeout: is -1s",
+			`proxies[2].listen: "127.0.0.1:1" is also proxies[1].listen`,
+		},
+		"node: {id: a}\nservices: [{name: db}]\nproxies:\n  - {service: db, listen: 127.0.0.1:1, bogus: 1}\n": {
+			"proxies[0].bogus: unknown key; proxies[0] takes service, listen, hold_timeout, dial_timeout",
+		},
+	} {
+		if err := os.WriteFile(path, []byte(bad), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err = LoadEnv(path, nil)
+		for _, w := range wants {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("bad proxies: %v, want it to name %q", err, w)
+			}
+		}
+	}
+}

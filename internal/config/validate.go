@@ -36,6 +36,7 @@ func (f *File) Validate() error {
 	c.secret()
 	c.store()
 	c.services()
+	c.proxies()
 	c.log()
 	if len(c.errs) == 0 {
 		// The checks above cover core's with better messages; this guards
@@ -501,6 +502,33 @@ func (c *checker) services() {
 	}
 	for i, s := range svcs {
 		c.replication(i, s.withDefaults(), first)
+	}
+}
+
+func (c *checker) proxies() {
+	listens := map[string]int{}
+	for i, p := range c.f.Proxies {
+		pre := fmt.Sprintf("proxies[%d]", i)
+		c.name(pre+".service", p.Service, "db")
+		host, port, err := net.SplitHostPort(p.Listen)
+		switch {
+		case p.Listen == "":
+			c.add(pre+".listen", "missing; give the host:port the proxy listens on, e.g. 127.0.0.1:15432")
+		case err != nil || port == "":
+			c.add(pre+".listen", "%q is not host:port, e.g. 127.0.0.1:15432", p.Listen)
+		default:
+			_ = host
+			if j, dup := listens[p.Listen]; dup {
+				c.add(pre+".listen", "%q is also proxies[%d].listen; give each proxy its own port", p.Listen, j)
+			}
+			listens[p.Listen] = i
+		}
+		if p.HoldTimeout < 0 {
+			c.add(pre+".hold_timeout", "is %v; give a positive duration (0 means the default, %v)", p.HoldTimeout, DefaultProxyHold)
+		}
+		if p.DialTimeout < 0 {
+			c.add(pre+".dial_timeout", "is %v; give a positive duration (0 means the default, %v)", p.DialTimeout, DefaultProxyDial)
+		}
 	}
 }
 
