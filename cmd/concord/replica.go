@@ -18,8 +18,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/concordha/concord/client"
 	"github.com/concordha/concord/core"
 	"github.com/concordha/concord/internal/config"
+	"github.com/concordha/concord/proxy"
 	"github.com/concordha/concord/replica"
 	"github.com/concordha/concord/replica/agent"
 	"github.com/concordha/concord/replica/peer"
@@ -354,4 +356,46 @@ new primary.`,
 	cmd.Flags().StringVar(&to, "to", "", "the node to hand the primary role to (default: the freshest secondary)")
 	cmd.Flags().DurationVar(&timeout, "timeout", time.Minute, "how long to wait for the new primary")
 	return cmd
+}
+
+// startProxies runs the node's proxies (proxies[] in the config), each
+// following its service's primary through the client package; the
+// function it returns stops them and waits for them.
+func startProxies(f *config.File, st core.Store, prefix string, log *slog.Logger) (func(), error) {
+	r, err := client.New(st, prefix)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, len(f.Proxies))
+	var ps []*proxy.Proxy
+	for i, pc := range f.ProxyConfigs() {
+		p, err := proxy.New(proxy.Config{
+			Service: pc.Service, Listen: pc.Listen, HoldTimeout: pc.HoldTimeout, DialTimeout: pc.DialTimeout,
+			Source: proxy.ResolverSource{Resolver: r, Service: pc.Service}, Logger: log,
+		})
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("proxies[%d]: %w", i, err)
+		}
+		ps = append(ps, p)
+	}
+	for i, p := range ps {
+		go func() {
+			err := p.Run(ctx)
+			if err != nil {
+				log.Error("proxy failed; this node serves no proxy there", "index", i, "err", err)
+			}
+			done <- err
+		}()
+	}
+	for i, pc := range f.ProxyConfigs() {
+		log.Info("proxy running", "service", pc.Service, "listen", pc.Listen, "hold_timeout", pc.HoldTimeout, "index", i)
+	}
+	return func() {
+		cancel()
+		for range ps {
+			<-done
+		}
+	}, nil
 }

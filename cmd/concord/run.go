@@ -115,6 +115,9 @@ func describe(w io.Writer, f *config.File) {
 		}
 		fmt.Fprintln(w, ")")
 	}
+	for _, p := range f.ProxyConfigs() {
+		fmt.Fprintf(w, "  proxy     %s -> the primary of %s (hold %v, dial %v)\n", p.Listen, p.Service, p.HoldTimeout, p.DialTimeout)
+	}
 }
 
 // runNode runs one node until a signal on sigs (a graceful step-down: it
@@ -185,6 +188,12 @@ func runNode(ctx context.Context, f *config.File, log *slog.Logger, sigs <-chan 
 	hctx, hstop := context.WithCancel(context.Background())
 	hostDone := make(chan error, 1)
 	go func() { hostDone <- api.host.Run(hctx) }()
+	stopProxies, err := startProxies(f, st.store, cfg.Prefix, log)
+	if err != nil {
+		hstop()
+		return err
+	}
+	defer stopProxies()
 	defer func() {
 		_ = n.Close()
 		select {
