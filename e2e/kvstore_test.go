@@ -62,13 +62,13 @@ func freePorts(t *testing.T, n int) []int {
 }
 
 type kvNode struct {
-	id                    string
-	api, kv, client, peer int
-	cmd                   *exec.Cmd
-	logs                  *syncbuf.Buffer
-	done                  chan struct{}
-	killed                bool
-	kvDir                 string
+	id                           string
+	api, kv, client, peer, proxy int
+	cmd                          *exec.Cmd
+	logs                         *syncbuf.Buffer
+	done                         chan struct{}
+	killed                       bool
+	kvDir                        string
 }
 
 func (n *kvNode) kvURL(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", n.kv, path) }
@@ -128,10 +128,14 @@ services:
       timeouts:
         monitor: 2s
         start: 4s
+proxies:
+  - service: kv
+    listen: 127.0.0.1:%[8]d
+    hold_timeout: 10s
 log:
   level: info
   format: json
-`, n.id, n.api, n.client, n.peer, cluster, ttl, n.kv)
+`, n.id, n.api, n.client, n.peer, cluster, ttl, n.kv, n.proxy)
 	path := filepath.Join(work, n.id+".yaml")
 	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
@@ -207,9 +211,20 @@ func healthOf(n *kvNode) (health, error) {
 	return h, json.NewDecoder(resp.Body).Decode(&h)
 }
 
-func put(n *kvNode, k, v string) error {
-	req, _ := http.NewRequest(http.MethodPut, n.kvURL("/kv/"+k), strings.NewReader(v))
-	resp, err := httpc.Do(req)
+func put(n *kvNode, k, v string) error { return putURL(httpc, n.kvURL("/kv/"+k), k, v) }
+
+// noReuse makes a connection per request, as a proxy's clients must
+// after the proxy closes their connections to a replaced primary.
+var noReuse = &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+// putViaProxy writes through n's proxy for kv.
+func putViaProxy(n *kvNode, k, v string) error {
+	return putURL(noReuse, fmt.Sprintf("http://127.0.0.1:%d/kv/%s", n.proxy, k), k, v)
+}
+
+func putURL(c *http.Client, url, k, v string) error {
+	req, _ := http.NewRequest(http.MethodPut, url, strings.NewReader(v))
+	resp, err := c.Do(req)
 	if err != nil {
 		return err
 	}
@@ -251,11 +266,11 @@ func TestKVStoreUnderConcord(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(work, "cluster.secret"), []byte("e2e-secret-of-at-least-16-bytes\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ports := freePorts(t, 12)
+	ports := freePorts(t, 15)
 	var nodes []*kvNode
 	var initial []string
 	for i, id := range []string{"a", "b", "c"} {
-		n := &kvNode{id: id, api: ports[4*i], kv: ports[4*i+1], client: ports[4*i+2], peer: ports[4*i+3], kvDir: filepath.Join(work, "kv-"+id)}
+		n := &kvNode{id: id, api: ports[5*i], kv: ports[5*i+1], client: ports[5*i+2], peer: ports[5*i+3], proxy: ports[5*i+4], kvDir: filepath.Join(work, "kv-"+id)}
 		nodes = append(nodes, n)
 		initial = append(initial, fmt.Sprintf("%s=http://127.0.0.1:%d", id, n.peer))
 	}
@@ -363,6 +378,13 @@ func TestKVStoreUnderConcord(t *testing.T) {
 		}
 		acked[k] = v
 	}
+	// Every node's proxy reaches the primary.
+	for i, n := range nodes {
+		if err := putViaProxy(n, fmt.Sprintf("proxied-%d", i), n.id); err != nil {
+			t.Fatalf("write through %s's proxy: %v", n.id, err)
+		}
+		acked[fmt.Sprintf("proxied-%d", i)] = n.id
+	}
 	r, _ := roster()
 	freshest := r.Secondaries[0]
 	if freshest.Node != sec || freshest.AckSeq == 0 {
@@ -436,6 +458,15 @@ func TestKVStoreUnderConcord(t *testing.T) {
 	})
 	if err := put(next, "after", "failover"); err != nil {
 		t.Fatalf("write to the new primary: %v", err)
+	}
+	// The surviving nodes' proxies follow the new primary.
+	for _, n := range live {
+		eventually(t, 20*time.Second, "a write through "+n.id+"'s proxy", func() error {
+			return putViaProxy(n, "proxied-after-"+n.id, "x")
+		})
+	}
+	if got, err := all(next); err != nil || got["proxied-after-"+live[0].id] != "x" {
+		t.Fatalf("the proxies' writes are not on the new primary %s: %v %v", next.id, got, err)
 	}
 
 	// A failing monitor: restarts, then a failover to the last node.
