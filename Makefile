@@ -9,6 +9,7 @@ FIRST ?= $(shell date +%s)
 
 ## test: everything that needs no Docker, with the race detector.
 test: vet
+	./images/install-haproxy
 	$(GO) test -race -count=1 -timeout 25m ./...
 
 vet:

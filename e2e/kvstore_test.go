@@ -266,7 +266,7 @@ func TestKVStoreUnderConcord(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(work, "cluster.secret"), []byte("e2e-secret-of-at-least-16-bytes\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ports := freePorts(t, 15)
+	ports := freePorts(t, 16)
 	var nodes []*kvNode
 	var initial []string
 	for i, id := range []string{"a", "b", "c"} {
@@ -385,6 +385,19 @@ func TestKVStoreUnderConcord(t *testing.T) {
 		}
 		acked[fmt.Sprintf("proxied-%d", i)] = n.id
 	}
+	// HAProxy, checking each node's /v1/services/kv/primary, sends
+	// traffic to the primary only.
+	lb := startHAProxy(t, work, nodes, ports[15])
+	if lb != nil {
+		for i := range 5 {
+			k := fmt.Sprintf("balanced-%d", i)
+			eventually(t, 20*time.Second, "a write through HAProxy", func() error { return lb.put(k, "lb") })
+			acked[k] = "lb"
+		}
+		if got, err := all(first); err != nil || got["balanced-4"] != "lb" {
+			t.Fatalf("HAProxy's writes are not on the primary %s: %v %v", first.id, got, err)
+		}
+	}
 	r, _ := roster()
 	freshest := r.Secondaries[0]
 	if freshest.Node != sec || freshest.AckSeq == 0 {
@@ -458,6 +471,15 @@ func TestKVStoreUnderConcord(t *testing.T) {
 	})
 	if err := put(next, "after", "failover"); err != nil {
 		t.Fatalf("write to the new primary: %v", err)
+	}
+	// HAProxy follows the new primary through the health checks.
+	if lb != nil {
+		eventually(t, 20*time.Second, "a write through HAProxy after the failover", func() error {
+			return lb.put("balanced-after", "lb")
+		})
+		if got, err := all(next); err != nil || got["balanced-after"] != "lb" {
+			t.Fatalf("HAProxy's write after the failover is not on the new primary %s: %v %v", next.id, got, err)
+		}
 	}
 	// The surviving nodes' proxies follow the new primary.
 	for _, n := range live {
