@@ -28,6 +28,7 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime=3x -timeout 60m ./core/...
 	$(GO) test -run '^$$' -bench Failover -benchtime=5x -timeout 30m ./backends/etcd/
 	$(GO) test -run '^$$' -bench . -benchtime=200x -timeout 10m ./replica/...
+	$(GO) test -run '^$$' -bench . -benchtime=3000x -timeout 10m ./proxy/
 	TESTCONTAINERS_RYUK_DISABLED=true $(GO) test -tags integration -run '^$$' -bench Failover -benchtime=5x -timeout 30m ./integration/
 
 ## soak: many more seeded schedules than `make test`, from a new first
