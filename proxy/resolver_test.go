@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"github.com/concordha/concord/client"
 	"github.com/concordha/concord/core"
 	"github.com/concordha/concord/internal/poll"
+	"github.com/concordha/concord/internal/recordfix"
 )
 
 // TestResolverSource: a proxy fed from the store, through the client
@@ -24,35 +24,8 @@ func TestResolverSource(t *testing.T) {
 	defer srv.Close()
 	st := srv.Client("t")
 	ctx := context.Background()
-	write := func(key string, v any) core.KV {
-		t.Helper()
-		b, _ := json.Marshal(v)
-		if kv, err := st.Get(ctx, key); err == nil {
-			kv, err = st.CompareAndSwap(ctx, key, b, kv.Version)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return kv
-		}
-		kv, err := st.Create(ctx, key, b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return kv
-	}
-	join := func(node string) core.Session {
-		t.Helper()
-		s, err := st.NewSession(ctx, core.SessionOptions{TTL: 10 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := json.Marshal(core.MemberRecord{Node: node, Session: s.ID(), Services: map[string]core.ServiceRecord{"svc": {}}})
-		if _, err := s.Register(ctx, "concord/members/"+node, b); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close(context.Background()) })
-		return s
-	}
+	write := func(key string, v any) core.KV { return recordfix.Put(t, st, key, v) }
+	join := func(node string) core.Session { return recordfix.Join(t, st, "concord/", node, "svc") }
 	a, b := startEcho(t, "127.0.0.1:0"), startEcho(t, "127.0.0.1:0")
 	sa, sb := join("a"), join("b")
 	pa := write("concord/primary/svc", core.PrimaryRecord{Node: "a", Session: sa.ID(), Epoch: 1})
