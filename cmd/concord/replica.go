@@ -369,7 +369,8 @@ func startProxies(f *config.File, st core.Store, prefix string, log *slog.Logger
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, len(f.Proxies))
 	var ps []*proxy.Proxy
-	for i, pc := range f.ProxyConfigs() {
+	pcs := f.ProxyConfigs()
+	for i, pc := range pcs {
 		p, err := proxy.New(proxy.Config{
 			Service: pc.Service, Listen: pc.Listen, HoldTimeout: pc.HoldTimeout, DialTimeout: pc.DialTimeout,
 			Source: proxy.ResolverSource{Resolver: r, Service: pc.Service}, Logger: log,
@@ -389,7 +390,7 @@ func startProxies(f *config.File, st core.Store, prefix string, log *slog.Logger
 			done <- err
 		}()
 	}
-	for i, pc := range f.ProxyConfigs() {
+	for i, pc := range pcs {
 		log.Info("proxy running", "service", pc.Service, "listen", pc.Listen, "hold_timeout", pc.HoldTimeout, "index", i)
 	}
 	return func() {
