@@ -121,7 +121,6 @@ type hosted struct {
 	seq      int64          // last checkpoint seq of this tenure
 	missed   map[string]int // checkpoints each secondary failed in a row
 	restarts []time.Time
-	gaveUp   bool
 }
 
 // state returns the newest event and the provider's role.
@@ -260,8 +259,7 @@ func (h *Host) Run(ctx context.Context) error {
 			if !ok {
 				return nil
 			}
-			changed := map[string]bool{}
-			h.take(ev, changed)
+			h.take(ev)
 			// Take every event already queued, so that the transitions of
 			// a dependency and its dependents are ordered together.
 		drain:
@@ -271,7 +269,7 @@ func (h *Host) Run(ctx context.Context) error {
 					if !ok {
 						break drain
 					}
-					h.take(ev, changed)
+					h.take(ev)
 				default:
 					break drain
 				}
@@ -281,7 +279,7 @@ func (h *Host) Run(ctx context.Context) error {
 	}
 }
 
-func (h *Host) take(ev core.Event, changed map[string]bool) {
+func (h *Host) take(ev core.Event) {
 	s, ok := h.svcs[ev.Service]
 	if !ok {
 		return
@@ -293,7 +291,6 @@ func (h *Host) take(ev core.Event, changed map[string]bool) {
 		s.gate.Observe(ev.Epoch, ev.Token)
 	}
 	s.mu.Unlock()
-	changed[ev.Service] = true
 	if ev.Role == core.RolePrimary && was.Role != core.RolePrimary {
 		h.log.Info("this node is primary", "service", ev.Service, "epoch", ev.Epoch, "token", ev.Token)
 	} else if ev.Role != core.RolePrimary && was.Role == core.RolePrimary {

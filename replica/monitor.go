@@ -71,9 +71,6 @@ func (h *Host) recover(ctx context.Context, s *hosted, cause error) {
 	s.mu.Unlock()
 
 	if exhausted && ev.Role == core.RolePrimary {
-		s.mu.Lock()
-		s.gaveUp = true
-		s.mu.Unlock()
 		h.giveUpPrimary(ctx, s, fmt.Errorf("monitor failed after %d restarts within %v: %w", len(keep), s.spec.RestartWindow, cause))
 		// Bring the service back as a spare, if it will come.
 		h.restart(ctx, s, ev, core.RoleSpare)
