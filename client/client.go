@@ -20,8 +20,9 @@ import (
 )
 
 // ErrNoPrimary means the service has no usable primary now: an election
-// runs, the primary has not published its endpoint yet, or its session
-// ended. Retry, or Watch.
+// runs, the primary has not published its endpoint yet, its session
+// ended, or it is handing the service over (a switchover). Retry, or
+// Watch.
 var ErrNoPrimary = errors.New("no usable primary")
 
 // Endpoint is where a service's primary serves.
@@ -36,10 +37,17 @@ type Endpoint struct {
 
 // Update is the state of a service as Watch reports it.
 type Update struct {
+	// Endpoint is the primary's, when Valid or Draining.
 	Endpoint Endpoint
 	// Valid is false while there is no usable primary; Why says why.
 	Valid bool
 	Why   string
+	// Draining is set, with Valid false, while the primary in Endpoint
+	// hands the service over (a switchover): open no new connection to
+	// it; those already open may finish their work within Drain, after
+	// which the primary resigns and stops taking writes.
+	Draining bool
+	Drain    time.Duration
 }
 
 // Resolver resolves services' primaries in one cluster.
@@ -128,7 +136,12 @@ func judge(service string, prim, ep, member *core.KV) Update {
 	if e.Token != prim.Revision || e.Session != p.Session {
 		return Update{Why: fmt.Sprintf("the primary %s of %q (token %d) has not published its endpoint yet (the record is of token %d)", p.Node, service, prim.Revision, e.Token)}
 	}
-	return Update{Valid: true, Endpoint: Endpoint{Node: e.Node, Address: e.Address, Epoch: e.Epoch, Token: e.Token}}
+	at := Endpoint{Node: e.Node, Address: e.Address, Epoch: e.Epoch, Token: e.Token}
+	if e.Draining {
+		return Update{Endpoint: at, Draining: true, Drain: time.Duration(e.DrainMillis) * time.Millisecond,
+			Why: fmt.Sprintf("the primary %s of %q (token %d) is handing the service over: wait for the next primary", e.Node, service, e.Token)}
+	}
+	return Update{Valid: true, Endpoint: at}
 }
 
 // Watch follows the service's primary: the channel delivers the current
@@ -175,9 +188,11 @@ func (r *Resolver) follow(ctx context.Context, service string, out chan Update) 
 			s := p.snap
 			snaps[p.which] = &s
 		}
-		u := Update{Why: "reading the store"}
+		if snaps[0] == nil || snaps[1] == nil || snaps[2] == nil {
+			continue // the first state is the one all three parts make
+		}
+		var u Update
 		switch {
-		case snaps[0] == nil || snaps[1] == nil || snaps[2] == nil:
 		case snaps[0].Err != nil || snaps[1].Err != nil || snaps[2].Err != nil:
 			u.Why = "the store cannot be watched now: nothing proves the last primary is still the primary"
 		default:
@@ -189,7 +204,7 @@ func (r *Resolver) follow(ctx context.Context, service string, out chan Update) 
 				}
 			}
 			u = judge(service, prim, pick(snaps[2], r.keys.Endpoint(service)), member)
-			if u.Valid && u.Endpoint.Token < highest {
+			if (u.Valid || u.Draining) && u.Endpoint.Token < highest {
 				u = Update{Why: fmt.Sprintf("the store shows token %d, older than %d already seen", u.Endpoint.Token, highest)}
 			}
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/concordha/concord/backends/memory"
 	"github.com/concordha/concord/client"
@@ -44,6 +45,22 @@ func TestPrimaryTrustsOnlyTheCurrentPrimarysEndpoint(t *testing.T) {
 	ep, err := r.Primary(ctx, "db")
 	if err != nil || ep.Address != "10.0.0.1:5432" || ep.Token != prim.Revision {
 		t.Fatalf("Primary = %+v, %v", ep, err)
+	}
+	// A primary handing over holds its clients off, and Watch says whom
+	// to drain and for how long.
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	updates, err := r.Watch(wctx, "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := <-updates; !u.Valid || u.Endpoint.Token != prim.Revision {
+		t.Fatalf("first update %+v, want the valid endpoint", u)
+	}
+	recordfix.Put(t, st, "concord/endpoints/db", core.EndpointRecord{Node: "a", Session: sess.ID(), Address: "10.0.0.1:5432", Epoch: 3, Token: prim.Revision, Draining: true, DrainMillis: 1500})
+	noPrimary("handing the service over")
+	if u := <-updates; u.Valid || !u.Draining || u.Drain != 1500*time.Millisecond || u.Endpoint.Address != "10.0.0.1:5432" || u.Endpoint.Token != prim.Revision {
+		t.Fatalf("update after the drain began: %+v", u)
 	}
 	if err := sess.Close(ctx); err != nil {
 		t.Fatal(err)

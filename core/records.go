@@ -87,6 +87,13 @@ type EndpointRecord struct {
 	Address string `json:"address"`
 	Epoch   int64  `json:"epoch"`
 	Token   int64  `json:"token"`
+	// Draining is set by the primary when it hands the service over (a
+	// switchover): readers must not open new connections to Address, and
+	// should let the ones they have finish within DrainMillis, after
+	// which the primary takes its last checkpoint and resigns. The record
+	// of the next primary replaces this one.
+	Draining    bool  `json:"draining,omitempty"`
+	DrainMillis int64 `json:"drain_ms,omitempty"`
 }
 
 // DecodeEndpoint decodes and checks an endpoint record; errors wrap
@@ -98,6 +105,9 @@ func DecodeEndpoint(kv KV) (EndpointRecord, error) {
 	}
 	if e.Node == "" || e.Address == "" || e.Token <= 0 {
 		return e, fmt.Errorf("%w: key %q: endpoint record needs a node, an address and a positive token", ErrBadRecord, kv.Key)
+	}
+	if e.DrainMillis < 0 {
+		return e, fmt.Errorf("%w: key %q: endpoint record has a negative drain_ms %d", ErrBadRecord, kv.Key, e.DrainMillis)
 	}
 	return e, nil
 }

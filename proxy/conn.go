@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -16,11 +18,29 @@ const (
 	maxDialBackoff = 500 * time.Millisecond
 )
 
+// restQuiet is how long a forwarded connection must have moved no byte,
+// after bytes from the primary, to count as at rest: between a response
+// and the next request, or idle.
+const restQuiet = 10 * time.Millisecond
+
 // fwd is a connection forwarded to ep.
 type fwd struct {
 	ep         Endpoint
 	client, up net.Conn
 	once       sync.Once
+	// fromClient and fromUp are when bytes last came from each side
+	// (UnixNano); fromUp starts at the forwarding's start.
+	fromClient, fromUp atomic.Int64
+	// draining is set, under Proxy.mu, while its primary hands over.
+	draining bool
+}
+
+// atRest reports whether nothing is in flight on f: the last bytes came
+// from the primary (a response, or a greeting), and none moved either
+// way for restQuiet. A request/response client is then between requests.
+func (f *fwd) atRest(now time.Time) bool {
+	c, u := f.fromClient.Load(), f.fromUp.Load()
+	return u >= c && now.UnixNano()-u >= int64(restQuiet)
 }
 
 // close closes both sides; the copies then end.
@@ -106,6 +126,7 @@ func (p *Proxy) serve(ctx context.Context, client net.Conn) {
 			continue
 		}
 		f := &fwd{ep: st.Endpoint, client: client, up: up}
+		f.fromUp.Store(time.Now().UnixNano())
 		if !p.register(f) {
 			// The endpoint changed, or the proxy stops, while dialing.
 			up.Close()
@@ -156,17 +177,32 @@ func (f *fwd) pipe() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		f.copy(f.up, f.client)
+		f.copy(f.up, f.client, &f.fromClient)
 	}()
-	f.copy(f.client, f.up)
+	f.copy(f.client, f.up, &f.fromUp)
 	<-done
 	f.close()
 }
 
-func (f *fwd) copy(dst, src net.Conn) {
-	if _, err := io.Copy(dst, src); err != nil {
-		f.close()
-		return
+// copy copies src to dst, noting in seen when bytes last came.
+func (f *fwd) copy(dst, src net.Conn, seen *atomic.Int64) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			seen.Store(time.Now().UnixNano())
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				f.close()
+				return
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			f.close()
+			return
+		}
 	}
 	cw, ok := dst.(interface{ CloseWrite() error })
 	if !ok || cw.CloseWrite() != nil {

@@ -20,6 +20,16 @@
 //   - An endpoint whose token is lower than the highest the proxy has seen
 //     is ignored (and logged): the proxy never goes back to an older
 //     primary.
+//   - While the primary hands the service over (a switchover: an update
+//     with Draining), new connections are held as above, and those
+//     forwarded to that primary drain: each is closed as soon as it is at
+//     rest (the last bytes came from the primary, then none either way
+//     for 10ms: a request/response client is between requests), and the
+//     rest when the drain's window ends, a margin before the primary
+//     resigns. A client that retries a request on a connection closed
+//     while idle (as HTTP clients do for idempotent requests) then loses
+//     none. The next primary's endpoint releases the held connections; the
+//     same primary's, if the handover failed, ends the drain.
 //   - A state that is not valid does not close forwarded connections: the
 //     old primary may still serve (a store blip, an election that keeps
 //     it), and a deposed one is fenced by its token; they are closed when
@@ -70,24 +80,27 @@ type Config struct {
 // Stats counts what the proxy did with connections since New.
 type Stats struct {
 	// Accepted connections from clients.
-	Accepted uint64
+	Accepted uint64 `json:"accepted"`
 	// Forwarded connections: dialed to a primary and copying.
-	Forwarded uint64
+	Forwarded uint64 `json:"forwarded"`
 	// Held connections: ones that had to wait at least once, for a valid
 	// endpoint or after a failed dial.
-	Held uint64
+	Held uint64 `json:"held"`
 	// Expired connections: closed because HoldTimeout passed before they
 	// could be forwarded.
-	Expired uint64
+	Expired uint64 `json:"expired"`
 	// ClosedOnChange counts forwarded connections closed because the
 	// endpoint changed to another primary or another address.
-	ClosedOnChange uint64
+	ClosedOnChange uint64 `json:"closed_on_change"`
 	// Refused connections: closed unforwarded for a reason other than
 	// HoldTimeout (the proxy stopped while they were held).
-	Refused uint64
+	Refused uint64 `json:"refused"`
 	// StaleUpdates counts updates ignored because their token was lower
 	// than the highest seen, or their endpoint had no address or token.
-	StaleUpdates uint64
+	StaleUpdates uint64 `json:"stale_updates"`
+	// Drained counts forwarded connections closed because their primary
+	// handed over (a switchover): at rest, or at the end of the drain.
+	Drained uint64 `json:"drained"`
 }
 
 // Proxy forwards one service's client connections to its primary. Create
@@ -111,8 +124,11 @@ type Proxy struct {
 	fwds map[*fwd]struct{}
 	// stopping is set when Run is ending: no new forwarding.
 	stopping bool
+	// drainEnd is when the connections still forwarded to a primary that
+	// hands over are closed; zero while no drain runs.
+	drainEnd time.Time
 
-	accepted, forwarded, held, expired, closedOnChange, refused, stale atomic.Uint64
+	accepted, forwarded, held, expired, closedOnChange, refused, stale, drained atomic.Uint64
 }
 
 // New checks cfg, fills in defaults, and returns a Proxy that has not
@@ -176,6 +192,7 @@ func (p *Proxy) Stats() Stats {
 		ClosedOnChange: p.closedOnChange.Load(),
 		Refused:        p.refused.Load(),
 		StaleUpdates:   p.stale.Load(),
+		Drained:        p.drained.Load(),
 	}
 }
 
@@ -241,9 +258,18 @@ func (p *Proxy) accept(ctx context.Context, ln net.Listener, wg *sync.WaitGroup)
 	}
 }
 
-// watch applies the source's updates until ctx ends or the source stops.
+// watch applies the source's updates until ctx ends or the source stops,
+// and closes drained connections while a drain runs.
 func (p *Proxy) watch(ctx context.Context) {
 	updates := p.cfg.Source.Updates(ctx)
+	var tick *time.Ticker
+	var tickC <-chan time.Time
+	defer func() {
+		if tick != nil {
+			tick.Stop()
+		}
+	}()
+	draining := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -256,31 +282,54 @@ func (p *Proxy) watch(ctx context.Context) {
 				}
 				return
 			}
-			p.apply(u)
+			draining = p.apply(u)
+		case now := <-tickC:
+			draining = p.drainTick(now)
+		}
+		switch {
+		case draining && tick == nil:
+			tick = time.NewTicker(drainTick)
+			tickC = tick.C
+		case !draining && tick != nil:
+			tick.Stop()
+			tick, tickC = nil, nil
 		}
 	}
 }
 
+// drainTick is how often a drain looks for connections at rest.
+const drainTick = 5 * time.Millisecond
+
+// drainWindow is how long after it learns of a drain of d the proxy
+// closes the connections still forwarded to the primary handing over: a
+// margin before the primary resigns, for the time the news took to come.
+func drainWindow(d time.Duration) time.Duration {
+	return d - min(d/4, 500*time.Millisecond)
+}
+
 // apply makes u the state, unless it names an older primary, and closes
-// the connections forwarded to an endpoint u replaces.
-func (p *Proxy) apply(u Update) {
+// the connections forwarded to an endpoint u replaces. It reports
+// whether a drain runs.
+func (p *Proxy) apply(u Update) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if u.Valid {
-		ep := u.Endpoint
-		switch {
-		case ep.Addr == "" || ep.Token <= 0:
+	ep := u.Endpoint
+	if (u.Valid || u.Draining) && ep.Token < p.maxToken {
+		p.stale.Add(1)
+		p.log.Warn("proxy ignores an endpoint from an older primary", "endpoint", ep.String(), "highest_token", p.maxToken)
+		return p.drainingLocked()
+	}
+	switch {
+	case u.Valid:
+		if ep.Addr == "" || ep.Token <= 0 {
 			p.stale.Add(1)
 			p.log.Warn("proxy ignores an endpoint without address or token", "endpoint", ep.String())
-			return
-		case ep.Token < p.maxToken:
-			p.stale.Add(1)
-			p.log.Warn("proxy ignores an endpoint from an older primary", "endpoint", ep.String(), "highest_token", p.maxToken)
-			return
+			return p.drainingLocked()
 		}
 		p.maxToken = ep.Token
 		var closed int
 		for f := range p.fwds {
+			f.draining = false
 			if !f.ep.samePrimaryAt(ep) {
 				delete(p.fwds, f)
 				f.close()
@@ -288,15 +337,77 @@ func (p *Proxy) apply(u Update) {
 			}
 		}
 		p.closedOnChange.Add(uint64(closed))
+		if !p.drainEnd.IsZero() && closed == 0 && p.state.Draining && p.state.Endpoint.samePrimaryAt(ep) {
+			p.log.Info("proxy: the primary stays after all; the drain ends", "endpoint", ep.String())
+		}
+		p.drainEnd = time.Time{}
 		if !p.state.Valid || !p.state.Endpoint.samePrimaryAt(ep) {
 			p.log.Info("proxy forwards to endpoint", "endpoint", ep.String(), "closed_connections", closed)
 		}
-	} else if p.state.Valid {
-		p.log.Warn("proxy holds new connections: no usable primary", "why", u.Why)
+	case u.Draining:
+		p.maxToken = max(p.maxToken, ep.Token)
+		if p.drainEnd.IsZero() {
+			p.drainEnd = time.Now().Add(drainWindow(u.Drain))
+			n := 0
+			for f := range p.fwds {
+				if f.ep.samePrimaryAt(ep) {
+					f.draining = true
+					n++
+				}
+			}
+			p.log.Info("proxy holds new connections and drains those it has: the primary hands over",
+				"endpoint", ep.String(), "drain", u.Drain, "connections", n)
+		}
+	default:
+		if p.state.Valid {
+			p.log.Warn("proxy holds new connections: no usable primary", "why", u.Why)
+		}
 	}
 	p.state = u
 	close(p.changed)
 	p.changed = make(chan struct{})
+	return p.drainingLocked()
+}
+
+// drainTick closes the draining connections that are at rest, and all of
+// them once the drain's window has passed. It reports whether the drain
+// goes on: some remain, and the state still drains.
+func (p *Proxy) drainTick(now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.drainEnd.IsZero() {
+		return false
+	}
+	over := !now.Before(p.drainEnd)
+	left := 0
+	for f := range p.fwds {
+		if !f.draining {
+			continue
+		}
+		if over || f.atRest(now) {
+			delete(p.fwds, f)
+			f.close()
+			p.drained.Add(1)
+			continue
+		}
+		left++
+	}
+	// With none left the ticks stop; the state stays draining (new
+	// connections held) until the source reports the next primary.
+	return left > 0
+}
+
+// drainingLocked reports whether forwarded connections are draining.
+func (p *Proxy) drainingLocked() bool {
+	if p.drainEnd.IsZero() {
+		return false
+	}
+	for f := range p.fwds {
+		if f.draining {
+			return true
+		}
+	}
+	return false
 }
 
 // snapshot returns the state and the channel closed when it next changes.

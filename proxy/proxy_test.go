@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -346,4 +347,111 @@ func TestManyConcurrentConnections(t *testing.T) {
 		defer r.p.mu.Unlock()
 		return len(r.p.fwds) == 0
 	})
+}
+
+// startSink starts a primary that reads and never answers: a request
+// sent to it stays in flight. It stops when the test ends.
+func startSink(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() { io.Copy(io.Discard, c) })
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+// TestDrainClosesAtRestThenTheRest: while the primary hands over, new
+// connections are held; a forwarded connection with nothing in flight is
+// closed at once, one with a request in flight at the end of the drain's
+// window; the next primary gets the held connection.
+func TestDrainClosesAtRestThenTheRest(t *testing.T) {
+	next := startEcho(t, "")
+	r := startProxy(t, waitFor)
+	first := Endpoint{Node: "n1", Addr: startSink(t), Epoch: 1, Token: 1}
+	r.src.push(t, Update{Valid: true, Endpoint: first})
+	r.waitCurrent(t, "the first primary", func(u Update) bool { return u.Valid })
+	idle, busy := r.dial(t), r.dial(t)
+	if _, err := busy.Write([]byte("a request the primary works on")); err != nil {
+		t.Fatal(err)
+	}
+	r.waitStats(t, "both forwarded", func(s Stats) bool { return s.Forwarded == 2 })
+
+	const drain = 2 * time.Second // a window of 1.5s
+	began := time.Now()
+	r.src.push(t, Update{Draining: true, Drain: drain, Endpoint: first, Why: "handing over"})
+	expectClosed(t, idle, time.Second)
+	held := r.dial(t)
+	r.waitStats(t, "the new connection held", func(s Stats) bool { return s.Held == 1 })
+	// The request in flight keeps its connection until the window ends.
+	busy.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := busy.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the connection with a request in flight: read %v, want it still open", err)
+	}
+	expectClosed(t, busy, waitFor)
+	if d := time.Since(began); d < drainWindow(drain) {
+		t.Fatalf("the busy connection was closed %v into the drain, before its window %v", d, drainWindow(drain))
+	}
+	r.waitStats(t, "two drained", func(s Stats) bool { return s.Drained == 2 && s.Forwarded == 2 })
+
+	r.src.push(t, next.endpoint("n2", 2))
+	roundTrip(t, held, "to the next primary")
+	if s := r.p.Stats(); s.Expired != 0 || s.Forwarded != 3 || next.accepted.Load() != 1 {
+		t.Fatalf("stats %+v, next primary accepted %d", s, next.accepted.Load())
+	}
+	if _, ok := r.log.find("drains those it has", "drain=2s", "connections=2"); !ok {
+		t.Fatalf("no log of the drain; logs:\n%s", r.log.all())
+	}
+}
+
+// TestDrainEndsWhenThePrimaryStays: a handover that fails republishes the
+// same endpoint: held connections go to it, and busy ones stay open.
+func TestDrainEndsWhenThePrimaryStays(t *testing.T) {
+	r := startProxy(t, waitFor)
+	prim := Endpoint{Node: "n1", Addr: startSink(t), Epoch: 1, Token: 1}
+	r.src.push(t, Update{Valid: true, Endpoint: prim})
+	r.waitCurrent(t, "the primary", func(u Update) bool { return u.Valid })
+	busy := r.dial(t)
+	if _, err := busy.Write([]byte("in flight")); err != nil {
+		t.Fatal(err)
+	}
+	r.waitStats(t, "forwarded", func(s Stats) bool { return s.Forwarded == 1 })
+	r.src.push(t, Update{Draining: true, Drain: time.Minute, Endpoint: prim})
+	r.dial(t)
+	r.waitStats(t, "held", func(s Stats) bool { return s.Held == 1 })
+	r.src.push(t, Update{Valid: true, Endpoint: prim})
+	r.waitStats(t, "the held connection forwarded to the primary that stays", func(s Stats) bool { return s.Forwarded == 2 })
+	busy.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := busy.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the busy connection: read %v, want it still open", err)
+	}
+	if s := r.p.Stats(); s.ClosedOnChange != 0 || s.Drained != 0 {
+		t.Fatalf("stats %+v: nothing should have been closed", s)
+	}
+	if _, ok := r.log.find("the primary stays after all"); !ok {
+		t.Fatalf("no log of the drain's end; logs:\n%s", r.log.all())
+	}
 }

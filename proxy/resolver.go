@@ -31,7 +31,8 @@ func (s ResolverSource) Updates(ctx context.Context) <-chan Update {
 		for u := range in {
 			e := u.Endpoint
 			select {
-			case out <- Update{Valid: u.Valid, Why: u.Why, Endpoint: Endpoint{Node: e.Node, Addr: e.Address, Epoch: e.Epoch, Token: e.Token}}:
+			case out <- Update{Valid: u.Valid, Why: u.Why, Draining: u.Draining, Drain: u.Drain,
+				Endpoint: Endpoint{Node: e.Node, Addr: e.Address, Epoch: e.Epoch, Token: e.Token}}:
 			case <-ctx.Done():
 				return
 			}

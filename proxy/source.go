@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"time"
 )
 
 // Endpoint is where a service's primary serves, as its node published it.
@@ -39,6 +40,13 @@ type Update struct {
 	Valid bool
 	// Why says, for logs, why the state is not Valid.
 	Why string
+	// Draining is set, with Valid false, while the primary in Endpoint
+	// hands the service over (a switchover). The proxy holds new
+	// connections, and drains those it forwarded to that primary: it
+	// closes each once it is at rest, and the rest at the end of Drain
+	// (less a margin), before the primary resigns.
+	Draining bool
+	Drain    time.Duration
 }
 
 // Source reports a service's current endpoint.
