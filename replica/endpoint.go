@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"time"
 
 	"github.com/concordha/concord/core"
 )
@@ -13,29 +15,43 @@ import (
 // holding ev's token. It reports whether the record is out, or needs no
 // writing (a newer primary published already).
 func (h *Host) publish(ctx context.Context, s *hosted, ev core.Event) bool {
+	err := h.writeEndpoint(ctx, s, ev, 0)
+	if err != nil {
+		h.log.Debug("publishing the endpoint failed; retrying", "service", s.spec.Name, "err", err)
+	}
+	return err == nil
+}
+
+// writeEndpoint writes the endpoint record of the tenure ev, draining for
+// drain if drain > 0. A newer primary's record is left alone (and counts
+// as success).
+func (h *Host) writeEndpoint(ctx context.Context, s *hosted, ev core.Event, drain time.Duration) error {
 	name := s.spec.Name
 	members, err := h.node.Members(ctx)
 	if err != nil {
-		return false
+		return err
 	}
 	me, ok := members[h.cfg.Node]
 	if !ok {
-		return false
+		return fmt.Errorf("%w: this node has no member record", core.ErrSessionLost)
 	}
 	key := h.cfg.Keys.Endpoint(name)
 	rec := core.EndpointRecord{Node: h.cfg.Node, Session: me.Session, Address: s.spec.Endpoint, Epoch: ev.Epoch, Token: ev.Token}
+	if drain > 0 {
+		rec.Draining, rec.DrainMillis = true, drain.Milliseconds()
+	}
 	b, _ := json.Marshal(rec)
 	op := core.Op{Kind: core.OpCreate, Key: key, Value: b, Guards: []core.Guard{{Key: h.cfg.Keys.Primary(name), Revision: ev.Token}}}
 	kv, err := h.cfg.Store.Get(ctx, key)
 	switch {
 	case errors.Is(err, core.ErrNotFound):
 	case err != nil:
-		return false
+		return err
 	default:
 		if old, derr := core.DecodeEndpoint(kv); derr == nil && old.Token > ev.Token {
-			return true // a newer primary's: ours is stale
+			return nil // a newer primary's: ours is stale
 		} else if derr == nil && old == rec {
-			return true
+			return nil
 		}
 		op.Kind, op.Version = core.OpCAS, kv.Version
 	}
@@ -50,9 +66,12 @@ func (h *Host) publish(ctx context.Context, s *hosted, ev core.Event) bool {
 		_, err = h.cfg.Store.CompareAndSwap(ctx, key, b, op.Version)
 	}
 	if err != nil {
-		h.log.Debug("publishing the endpoint failed; retrying", "service", name, "err", err)
-		return false
+		return err
 	}
-	h.log.Info("endpoint published", "service", name, "address", rec.Address, "token", rec.Token)
-	return true
+	if rec.Draining {
+		h.log.Info("endpoint draining: clients are held off", "service", name, "address", rec.Address, "token", rec.Token, "drain", drain)
+	} else {
+		h.log.Info("endpoint published", "service", name, "address", rec.Address, "token", rec.Token)
+	}
+	return nil
 }

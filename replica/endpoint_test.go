@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/concordha/concord/client"
+	"github.com/concordha/concord/replica"
 )
 
 // TestEndpointsFollowThePrimary: the primary publishes its endpoint once
@@ -71,5 +72,75 @@ func TestEndpointsFollowThePrimary(t *testing.T) {
 	}
 	if _, err := r.Primary(ctx, "nope"); !errors.Is(err, client.ErrNoPrimary) {
 		t.Fatalf("Primary of an unknown service: %v, want ErrNoPrimary", err)
+	}
+}
+
+// TestHandoverDrainsTheEndpoint: a switchover first marks the endpoint
+// draining, serves on for the drain, and only then resigns; a switchover
+// that fails publishes the endpoint again.
+func TestHandoverDrainsTheEndpoint(t *testing.T) {
+	const drain = 300 * time.Millisecond
+	c := newCluster(t)
+	for _, id := range []string{"a", "b", "c"} {
+		c.start(id, svc{name: "db", tune: func(s *replica.ServiceSpec) { s.Drain = drain }})
+	}
+	prim, _ := c.settled("db", 1)
+	r, err := client.New(c.srv.Client("client"), "concord/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	updates, err := r.Watch(ctx, "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, _ := c.members[prim].node.Fence("db")
+	next := func(what string, want func(client.Update) bool) (client.Update, time.Time) {
+		t.Helper()
+		deadline := time.After(20 * ttl)
+		for {
+			select {
+			case u := <-updates:
+				if want(u) {
+					return u, time.Now()
+				}
+			case <-deadline:
+				t.Fatalf("no update: %s", what)
+			}
+		}
+	}
+	next("the primary's endpoint", func(u client.Update) bool { return u.Valid && u.Endpoint.Token == token })
+
+	// A switchover to a node that does not exist drains, fails, and
+	// publishes the same endpoint again.
+	if err := c.members[prim].host.Handover(context.Background(), "db", "nosuch"); err == nil {
+		t.Fatal("Handover to an unknown node succeeded")
+	}
+	u, _ := next("draining", func(u client.Update) bool { return u.Draining })
+	if u.Endpoint.Node != prim || u.Endpoint.Token != token || u.Drain != drain {
+		t.Fatalf("draining update %+v, want %s's endpoint, token %d, drain %v", u, prim, token, drain)
+	}
+	next("published again", func(u client.Update) bool { return u.Valid })
+	if p, err := r.Primary(ctx, "db"); err != nil || p.Node != prim || p.Token != token {
+		t.Fatalf("after the failed switchover: %+v, %v; want %s with token %d", p, err, prim, token)
+	}
+
+	done := make(chan error, 1)
+	go func() { done <- c.members[prim].host.Handover(context.Background(), "db", "") }()
+	_, began := next("draining", func(u client.Update) bool { return u.Draining })
+	// The primary serves on, and keeps its role, through the drain.
+	if tk, err := c.members[prim].node.Fence("db"); err != nil || tk != token {
+		t.Fatalf("during the drain the primary has token %d, %v; want %d", tk, err, token)
+	}
+	after, at := next("the next primary's endpoint", func(u client.Update) bool { return u.Valid })
+	if err := <-done; err != nil {
+		t.Fatalf("Handover: %v", err)
+	}
+	if after.Endpoint.Node == prim || after.Endpoint.Token <= token {
+		t.Fatalf("after the switchover: %+v", after)
+	}
+	if d := at.Sub(began); d < drain {
+		t.Fatalf("the next primary published %v after the drain began, before the drain %v ended", d, drain)
 	}
 }

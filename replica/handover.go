@@ -3,6 +3,7 @@ package replica
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/concordha/concord/core"
 )
@@ -33,6 +34,62 @@ func (h *Host) Handover(ctx context.Context, service, to string) error {
 	ev, role := s.state()
 	if ev.Role != core.RolePrimary || role != core.RolePrimary {
 		return fmt.Errorf("%w: %q", core.ErrNotPrimary, service)
+	}
+	if s.spec.Endpoint != "" && h.cfg.Store != nil && s.spec.Drain > 0 {
+		if err := h.drain(ctx, s, ev); err != nil {
+			return err
+		}
+		resigned := false
+		defer func() {
+			if !resigned {
+				h.undrain(s, ev)
+			}
+		}()
+		err := h.handOver(ctx, s, ev, to)
+		resigned = err == nil
+		return err
+	}
+	return h.handOver(ctx, s, ev, to)
+}
+
+// drain marks the endpoint draining and waits the service's Drain, while
+// the service keeps serving as primary (checkpoints go on): clients'
+// new connections are held off, and what is in flight finishes.
+func (h *Host) drain(ctx context.Context, s *hosted, ev core.Event) error {
+	if err := h.writeEndpoint(ctx, s, ev, s.spec.Drain); err != nil {
+		return fmt.Errorf("marking the endpoint draining before the switchover: %w; the primary stays", err)
+	}
+	t := time.NewTimer(s.spec.Drain)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		h.undrain(s, ev)
+		return fmt.Errorf("draining before the switchover: %w; the primary stays", ctx.Err())
+	}
+}
+
+// undrain publishes the endpoint again after a handover that did not
+// happen, if this node is still the primary of the tenure ev.
+func (h *Host) undrain(s *hosted, ev core.Event) {
+	if cur, _ := s.state(); cur.Role != core.RolePrimary || cur.Token != ev.Token {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := h.writeEndpoint(ctx, s, ev, 0); err != nil {
+		h.log.Error("the switchover failed and the endpoint stays draining: clients are held until the next primary publishes", "service", s.spec.Name, "err", err)
+		return
+	}
+	h.log.Info("the switchover failed; the endpoint is published again", "service", s.spec.Name)
+}
+
+// handOver takes the last checkpoint and resigns.
+func (h *Host) handOver(ctx context.Context, s *hosted, ev core.Event, to string) error {
+	service := s.spec.Name
+	if cur, role := s.state(); cur.Role != core.RolePrimary || role != core.RolePrimary || cur.Token != ev.Token {
+		return fmt.Errorf("%w: %q: the role was lost before the handover", core.ErrNotPrimary, service)
 	}
 	// No periodic checkpoint may come between the last one and the
 	// resignation: it would make the others as fresh as the target.

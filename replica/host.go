@@ -50,6 +50,11 @@ type ServiceSpec struct {
 	// Once promoted here, the host publishes it as the service's
 	// endpoint (core.EndpointRecord), if Config.Store is set.
 	Endpoint string
+	// Drain is how long Handover keeps the service serving as primary
+	// after it marked the endpoint draining, so that clients finish what
+	// they started while their new connections are held. Zero: no drain.
+	// Only with Endpoint.
+	Drain time.Duration
 }
 
 // Config configures a Host.

@@ -77,7 +77,7 @@ func startHost(f *config.File, rc config.Replica, st core.Store, n *core.Node, l
 	var specs []replica.ServiceSpec
 	for _, s := range rc.Services {
 		sp := replica.ServiceSpec{
-			Name: s.Name, DependsOn: s.DependsOn, Secondaries: s.Secondaries, SyncAcks: s.SyncAcks, Endpoint: s.Endpoint,
+			Name: s.Name, DependsOn: s.DependsOn, Secondaries: s.Secondaries, SyncAcks: s.SyncAcks, Endpoint: s.Endpoint, Drain: s.Drain,
 			CheckpointInterval: s.CheckpointInterval, MonitorInterval: s.MonitorInterval,
 			MaxRestarts: s.MaxRestarts, RestartWindow: s.RestartWindow,
 		}

@@ -363,6 +363,11 @@ type Service struct {
 	// which the node publishes for clients once it is the service's
 	// primary (package client). Optional.
 	Endpoint string `mapstructure:"endpoint"`
+	// Drain is how long a primary that hands the service over (a
+	// switchover) keeps serving the connections it has, while clients'
+	// new connections are held, before its last checkpoint and its
+	// resignation. Only with Endpoint. At least 0; default 1s.
+	Drain *time.Duration `mapstructure:"drain"`
 }
 
 // Proxy is proxies[]: a TCP proxy on this node to a service's current

@@ -27,6 +27,7 @@ func ServiceDefaults() ReplicaService {
 		CheckpointInterval: 5 * time.Second,
 		MonitorInterval:    5 * time.Second,
 		RestartWindow:      5 * time.Minute,
+		Drain:              time.Second,
 	}
 }
 
@@ -85,6 +86,9 @@ type ReplicaService struct {
 	Agent *Agent
 	// Endpoint is the client address the node publishes as primary.
 	Endpoint string
+	// Drain is how long a primary handing over keeps serving before it
+	// resigns, while new connections are held.
+	Drain time.Duration
 }
 
 // Agent is a service's resource agent, as concord runs it.
@@ -192,6 +196,7 @@ func (s Service) withDefaults() Service {
 	setIfNil(&s.MonitorInterval, d.MonitorInterval)
 	setIfNil(&s.MaxRestarts, d.MaxRestarts)
 	setIfNil(&s.RestartWindow, d.RestartWindow)
+	setIfNil(&s.Drain, d.Drain)
 	if s.Agent != nil {
 		a := *s.Agent
 		a.Timeouts = a.Timeouts.withDefaults()
@@ -233,6 +238,7 @@ func (s Service) replica() ReplicaService {
 		MonitorInterval:    *s.MonitorInterval,
 		RestartWindow:      *s.RestartWindow,
 		Endpoint:           s.Endpoint,
+		Drain:              *s.Drain,
 	}
 	if a := s.Agent; a != nil {
 		t := a.Timeouts

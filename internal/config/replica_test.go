@@ -100,6 +100,7 @@ services:
     monitor_interval: 2s
     max_restarts: 0
     restart_window: 1m
+    drain: 250ms
     agent:
       command: AGENT
       args: [--flag, "-v"]
@@ -149,6 +150,7 @@ services:
 			{
 				Name: "db", Secondaries: 2, SyncAcks: 2, MaxRestarts: 0,
 				CheckpointInterval: time.Second, MonitorInterval: 2 * time.Second, RestartWindow: time.Minute,
+				Drain: 250 * time.Millisecond,
 				Agent: &Agent{
 					Command: filepath.Join(dir, "agent"),
 					Args:    []string{"--flag", "-v"},
@@ -159,9 +161,9 @@ services:
 				},
 			},
 			{Name: "kv", DependsOn: "db", Secondaries: 0, MaxRestarts: 3,
-				CheckpointInterval: 5 * time.Second, MonitorInterval: 5 * time.Second, RestartWindow: 5 * time.Minute},
+				CheckpointInterval: 5 * time.Second, MonitorInterval: 5 * time.Second, RestartWindow: 5 * time.Minute, Drain: time.Second},
 			{Name: "web", Secondaries: 1, MaxRestarts: 3,
-				CheckpointInterval: 5 * time.Second, MonitorInterval: 5 * time.Second, RestartWindow: 5 * time.Minute},
+				CheckpointInterval: 5 * time.Second, MonitorInterval: 5 * time.Second, RestartWindow: 5 * time.Minute, Drain: time.Second},
 		},
 	}
 	if !reflect.DeepEqual(r, want) {
@@ -371,6 +373,8 @@ func TestReplicaErrors(t *testing.T) {
 			}},
 		{name: "endpoint not host:port", content: "node: {id: a}\nservices:\n  - name: db\n    endpoint: db.local\n",
 			want: []string{`FILE:4: services[0].endpoint: "db.local" is not host:port; give the address clients reach the service at on this node, e.g. 10.0.0.1:5432`}},
+		{name: "negative drain", content: "node: {id: a}\nservices:\n  - name: db\n    drain: -1s\n",
+			want: []string{`FILE:4: services[0].drain: is -1s; give 0 (resign at once in a switchover) or a positive duration, e.g. 1s (the default)`}},
 		{name: "endpoint on every interface", content: "node: {id: a}\nservices:\n  - name: db\n    endpoint: 0.0.0.0:5432\n",
 			want: []string{`FILE:4: services[0].endpoint: "0.0.0.0:5432" names every interface, which no client can dial; give this node's address`}},
 		{name: "zero durations", content: svc("    checkpoint_interval: 0s\n    monitor_interval: 0\n    restart_window: -1m\n"),
@@ -709,7 +713,7 @@ func TestKVStoreExamples(t *testing.T) {
 			DataDir: "concord-node-" + n, Secret: []byte(goodSecret),
 			Services: []ReplicaService{{
 				Name: "kv", Secondaries: 1, SyncAcks: 1, MaxRestarts: 3,
-				CheckpointInterval: 2 * time.Second, MonitorInterval: time.Second, RestartWindow: 5 * time.Minute,
+				CheckpointInterval: 2 * time.Second, MonitorInterval: time.Second, RestartWindow: 5 * time.Minute, Drain: time.Second,
 				Endpoint: "127.0.0.1:810" + port,
 				Agent: &Agent{
 					Command: filepath.Join(dir, "kvstore"),

@@ -231,6 +231,9 @@ func (c *checker) replication(i int, s Service, index map[string]int) {
 			c.add(p+".endpoint", "%q names every interface, which no client can dial; give this node's address", s.Endpoint)
 		}
 	}
+	if *s.Drain < 0 {
+		c.add(p+".drain", "is %v; give 0 (resign at once in a switchover) or a positive duration, e.g. %v (the default)", *s.Drain, def.Drain)
+	}
 	if *s.MaxRestarts < 0 {
 		c.add(p+".max_restarts", "is %d; give 0 (resign at the first failure) or more (the default is %d)", *s.MaxRestarts, def.MaxRestarts)
 	}
