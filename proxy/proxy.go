@@ -174,6 +174,9 @@ func (p *Proxy) Addr() net.Addr {
 	return nil
 }
 
+// Service returns the name of the service the proxy forwards to.
+func (p *Proxy) Service() string { return p.cfg.Service }
+
 // Current returns the state the proxy acts on: the last update it
 // accepted.
 func (p *Proxy) Current() Update {

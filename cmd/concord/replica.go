@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -41,6 +42,9 @@ type nodeAPI struct {
 	self   string
 	log    *slog.Logger
 	done   chan error
+	// proxies are the node's running proxies, for GET /v1/proxies; set
+	// once they start.
+	proxies atomic.Pointer[[]*proxy.Proxy]
 }
 
 // switchoverRequest asks a node to move a service's primary role.
@@ -161,6 +165,7 @@ func startHost(f *config.File, rc config.Replica, st core.Store, n *core.Node, l
 	mux.Handle("GET /v1/services/", health)
 	mux.Handle("GET /v1/health", health)
 	mux.Handle("GET /v1/cluster", health)
+	mux.HandleFunc("GET /v1/proxies", a.serveProxies)
 	a.ln, err = net.Listen("tcp", rc.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("node.api.listen %q: %w (is another process using the port?)", rc.Listen, err)
@@ -358,10 +363,49 @@ new primary.`,
 	return cmd
 }
 
+// proxyState is one proxy in GET /v1/proxies.
+type proxyState struct {
+	Service string      `json:"service"`
+	Listen  string      `json:"listen"`
+	Stats   proxy.Stats `json:"stats"`
+	// Forwarding is the primary the proxy forwards to ("" while it holds
+	// connections); Why says why it holds.
+	Forwarding string `json:"forwarding,omitempty"`
+	Token      int64  `json:"token,omitempty"`
+	Draining   bool   `json:"draining,omitempty"`
+	Why        string `json:"why,omitempty"`
+}
+
+// serveProxies answers GET /v1/proxies: the node's proxies, their
+// counters and what each forwards to, as JSON.
+func (a *nodeAPI) serveProxies(w http.ResponseWriter, _ *http.Request) {
+	out := []proxyState{}
+	if ps := a.proxies.Load(); ps != nil {
+		for _, p := range *ps {
+			st := proxyState{Service: p.Service(), Stats: p.Stats()}
+			if addr := p.Addr(); addr != nil {
+				st.Listen = addr.String()
+			}
+			u := p.Current()
+			switch {
+			case u.Valid:
+				st.Forwarding, st.Token = u.Endpoint.Addr, u.Endpoint.Token
+			case u.Draining:
+				st.Draining, st.Token, st.Why = true, u.Endpoint.Token, u.Why
+			default:
+				st.Why = u.Why
+			}
+			out = append(out, st)
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(out)
+}
+
 // startProxies runs the node's proxies (proxies[] in the config), each
 // following its service's primary through the client package; the
 // function it returns stops them and waits for them.
-func startProxies(f *config.File, st core.Store, prefix string, log *slog.Logger) (func(), error) {
+func startProxies(f *config.File, st core.Store, prefix string, api *nodeAPI, log *slog.Logger) (func(), error) {
 	r, err := client.New(st, prefix)
 	if err != nil {
 		return nil, err
@@ -380,6 +424,9 @@ func startProxies(f *config.File, st core.Store, prefix string, log *slog.Logger
 			return nil, fmt.Errorf("proxies[%d]: %w", i, err)
 		}
 		ps = append(ps, p)
+	}
+	if api != nil {
+		api.proxies.Store(&ps)
 	}
 	for i, p := range ps {
 		go func() {
