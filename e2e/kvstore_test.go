@@ -537,15 +537,63 @@ func TestKVStoreUnderConcord(t *testing.T) {
 		// checkpoints again.
 		return put(last, "before", "switchover")
 	})
+	// Steady traffic through both nodes' proxies runs across the
+	// switchover: the primary drains, the proxies hold new connections
+	// until the next primary publishes, and no request fails.
+	before := map[*kvNode]map[string]uint64{}
+	for _, n := range live {
+		s, err := proxyStats(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[n] = s
+	}
+	ld := startLoad(live)
+	eventually(t, 20*time.Second, "traffic through the proxies", func() error {
+		if n := ld.acks(); n < 20 {
+			return fmt.Errorf("%d writes acknowledged", n)
+		}
+		return nil
+	})
 	sw := exec.Command(concord, "switchover", "kv", "--to", next.id, "--config", last.id+".yaml")
 	sw.Dir = work
 	out, err := sw.CombinedOutput()
 	if err != nil {
+		ld.end()
 		t.Fatalf("concord switchover kv --to %s: %v\n%s", next.id, err, out)
 	}
 	if !strings.Contains(string(out), "the primary is now "+next.id) {
+		ld.end()
 		t.Fatalf("switchover printed %q", out)
 	}
+	switched := ld.acks()
+	eventually(t, 20*time.Second, "traffic after the switchover", func() error {
+		if n := ld.acks(); n < switched+20 {
+			return fmt.Errorf("%d writes acknowledged since the switchover", n-switched)
+		}
+		return nil
+	})
+	ld.end()
+	if len(ld.failed) > 0 {
+		t.Fatalf("%d of %d requests failed across the switchover: %v", len(ld.failed), ld.started.Load(), ld.failed)
+	}
+	var held, drained uint64
+	for _, n := range live {
+		s, err := proxyStats(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held += s["held"] - before[n]["held"]
+		drained += s["drained"] - before[n]["drained"]
+		if s["expired"] != before[n]["expired"] || s["refused"] != before[n]["refused"] {
+			t.Fatalf("%s's proxy expired or refused connections across the switchover: %v, before %v", n.id, s, before[n])
+		}
+	}
+	if held == 0 {
+		t.Fatal("no request was held across the switchover: the traffic did not overlap it")
+	}
+	t.Logf("switchover under load: %d requests, none failed, %d held, %d connections drained, slowest %v",
+		ld.started.Load(), held, drained, ld.slowest.Round(time.Millisecond))
 	if p, _ := primary(live); p != next {
 		t.Fatalf("after the switchover to %s, %s is primary", next.id, p.id)
 	}
@@ -569,5 +617,10 @@ func TestKVStoreUnderConcord(t *testing.T) {
 	}
 	if got["before"] != "switchover" || got["after"] != "failover" || got["k00"] != "v0" {
 		t.Fatalf("the switched-to primary lacks writes: %v", got)
+	}
+	for k, v := range ld.acked {
+		if got[k] != v {
+			t.Fatalf("write %s=%s, acknowledged through a proxy across the switchover, is not on the new primary (%q)", k, v, got[k])
+		}
 	}
 }
