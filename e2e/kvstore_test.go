@@ -30,7 +30,7 @@ import (
 func TestMain(m *testing.M) { leakcheck.Main(m) }
 
 // build compiles a package of this module into dir.
-func build(t *testing.T, dir, name, pkg string) string {
+func build(t testing.TB, dir, name, pkg string) string {
 	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
 	root := filepath.Dir(filepath.Dir(file))
@@ -43,7 +43,7 @@ func build(t *testing.T, dir, name, pkg string) string {
 	return out
 }
 
-func freePorts(t *testing.T, n int) []int {
+func freePorts(t testing.TB, n int) []int {
 	t.Helper()
 	var out []int
 	var lns []net.Listener
@@ -84,7 +84,7 @@ func (n *kvNode) alive() bool {
 
 const ttl = 2 * time.Second
 
-func writeConfig(t *testing.T, work string, n *kvNode, cluster string) string {
+func writeConfig(t testing.TB, work string, n *kvNode, cluster string) string {
 	body := fmt.Sprintf(`node:
   id: %[1]s
   data_dir: concord-%[1]s
@@ -143,7 +143,7 @@ log:
 	return path
 }
 
-func startKVNode(t *testing.T, work, concord, cfg string, n *kvNode) {
+func startKVNode(t testing.TB, work, concord, cfg string, n *kvNode) {
 	n.logs = &syncbuf.Buffer{}
 	n.done = make(chan struct{})
 	n.cmd = exec.Command(concord, "run", "--config", cfg)
@@ -246,7 +246,7 @@ func all(n *kvNode) (map[string]string, error) {
 	return m, json.NewDecoder(resp.Body).Decode(&m)
 }
 
-func eventually(t *testing.T, within time.Duration, what string, cond func() error) {
+func eventually(t testing.TB, within time.Duration, what string, cond func() error) {
 	t.Helper()
 	poll.Eventually(t, within, what, cond)
 }
