@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/concordha/concord/core"
@@ -54,16 +55,38 @@ type Update struct {
 type Resolver struct {
 	st   core.Store
 	keys core.Keys
+	opts Options
 }
+
+// Options tune a Resolver.
+type Options struct {
+	// Check, if set, asks a primary's node whether it still holds the
+	// role, and for how long its session is proven valid. Watch uses it
+	// while the store cannot be watched, to keep the last primary valid
+	// exactly as long as that proof lasts (HTTPCheck asks the node API).
+	// Nil: a store outage makes the state not valid at once.
+	Check Check
+}
+
+// Check asks the node API at api whether its node is service's primary,
+// and returns the primary's fencing token and how long, counted from
+// before the call, its session cannot expire. An error (including "not
+// the primary") means no proof.
+type Check func(ctx context.Context, api, service string) (token int64, validFor time.Duration, err error)
 
 // New returns a Resolver for the cluster under prefix (core.Config.Prefix)
 // in st.
 func New(st core.Store, prefix string) (*Resolver, error) {
+	return NewWithOptions(st, prefix, Options{})
+}
+
+// NewWithOptions is New with options.
+func NewWithOptions(st core.Store, prefix string, opts Options) (*Resolver, error) {
 	keys, err := core.NewKeys(prefix)
 	if err != nil {
 		return nil, err
 	}
-	return &Resolver{st: st, keys: keys}, nil
+	return &Resolver{st: st, keys: keys, opts: opts}, nil
 }
 
 // Primary returns the service's current primary endpoint.
@@ -148,7 +171,9 @@ func judge(service string, prim, ep, member *core.KV) Update {
 // state, then every change, the newest first if the reader falls behind
 // (it holds one update at most). A valid endpoint's token never goes down
 // along the channel. While the store cannot be watched, the state is not
-// valid (nothing proves the last primary is still the primary). The
+// valid (nothing proves the last primary is still the primary), unless
+// the Resolver has a Check (see Options): then the last primary stays
+// valid for as long as its own node proves its session valid. The
 // channel is closed when ctx ends.
 func (r *Resolver) Watch(ctx context.Context, service string) (<-chan Update, error) {
 	if err := core.ValidateName("service", service); err != nil {
@@ -166,27 +191,39 @@ type part struct {
 
 func (r *Resolver) follow(ctx context.Context, service string, out chan Update) {
 	defer close(out)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	parts := make(chan part)
 	prefixes := []string{r.keys.Members(), r.keys.Primaries(), r.keys.Endpoints()}
-	done := make(chan struct{})
+	var wg sync.WaitGroup
 	for i, p := range prefixes {
-		go func() {
-			defer func() { done <- struct{}{} }()
-			r.watchPrefix(ctx, i, p, parts)
-		}()
+		wg.Go(func() { r.watchPrefix(ctx, i, p, parts) })
 	}
+	// The watchers stop with ctx; so does an outage's checker.
+	defer wg.Wait()
+	defer cancel()
+
 	var snaps [3]*core.Snapshot
 	var last Update
 	sent := false
 	highest := int64(0)
-	for running := len(prefixes); running > 0; {
+	// good is the last valid state read from the store, and api the
+	// address of its primary's node API; out is the checker of an outage.
+	var good Update
+	var api string
+	o := newOutage()
+	defer o.stop()
+	for {
 		select {
-		case <-done:
-			running--
-			continue
+		case <-ctx.Done():
+			return
 		case p := <-parts:
 			s := p.snap
 			snaps[p.which] = &s
+		case res := <-o.results:
+			o.take(res, good.Endpoint.Token)
+		case <-o.timer():
+			// The proof ran out: the state is judged again below.
 		}
 		if snaps[0] == nil || snaps[1] == nil || snaps[2] == nil {
 			continue // the first state is the one all three parts make
@@ -194,8 +231,20 @@ func (r *Resolver) follow(ctx context.Context, service string, out chan Update) 
 		var u Update
 		switch {
 		case snaps[0].Err != nil || snaps[1].Err != nil || snaps[2].Err != nil:
-			u.Why = "the store cannot be watched now: nothing proves the last primary is still the primary"
+			if !good.Valid || r.opts.Check == nil {
+				u.Why = "the store cannot be watched now: nothing proves the last primary is still the primary"
+				break
+			}
+			if !o.running() {
+				o.start(ctx, r.opts.Check, api, service, &wg)
+			}
+			if o.proven(time.Now()) {
+				u = good
+			} else {
+				u.Why = "the store cannot be watched now, and " + o.reason()
+			}
 		default:
+			o.stop()
 			prim := pick(snaps[1], r.keys.Primary(service))
 			var member *core.KV
 			if prim != nil {
@@ -206,6 +255,13 @@ func (r *Resolver) follow(ctx context.Context, service string, out chan Update) 
 			u = judge(service, prim, pick(snaps[2], r.keys.Endpoint(service)), member)
 			if (u.Valid || u.Draining) && u.Endpoint.Token < highest {
 				u = Update{Why: fmt.Sprintf("the store shows token %d, older than %d already seen", u.Endpoint.Token, highest)}
+			}
+			good, api = Update{}, ""
+			if u.Valid {
+				good = u
+				if m, err := core.DecodeMember(*member); err == nil {
+					api = m.Address
+				}
 			}
 		}
 		if u.Valid {

@@ -36,7 +36,7 @@ func Put(t testing.TB, st core.Store, key string, v any) core.KV {
 
 // Join opens a session (closed when the test ends, if the test has not
 // closed it) and registers node's member record under prefix, providing
-// services.
+// services, with the API address APIAddress(node).
 func Join(t testing.TB, st core.Store, prefix, node string, services ...string) core.Session {
 	t.Helper()
 	ctx := context.Background()
@@ -45,7 +45,7 @@ func Join(t testing.TB, st core.Store, prefix, node string, services ...string) 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Close(context.Background()) })
-	rec := core.MemberRecord{Node: node, Session: s.ID(), Services: map[string]core.ServiceRecord{}}
+	rec := core.MemberRecord{Node: node, Session: s.ID(), Address: APIAddress(node), Services: map[string]core.ServiceRecord{}}
 	for _, svc := range services {
 		rec.Services[svc] = core.ServiceRecord{}
 	}
@@ -55,3 +55,6 @@ func Join(t testing.TB, st core.Store, prefix, node string, services ...string) 
 	}
 	return s
 }
+
+// APIAddress is the node API address Join gives node.
+func APIAddress(node string) string { return node + ".api:7100" }
