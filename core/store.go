@@ -147,6 +147,34 @@ type Session interface {
 	Close(ctx context.Context) error
 }
 
+// SessionDeadline is an optional capability of a Session: it tells how
+// long the session is certain to last, so that its holder can prove to
+// others that it cannot be expired before a given time.
+type SessionDeadline interface {
+	// Deadline returns the session's current client-side deadline, the
+	// moment at which Done fires unless a renewal succeeds first. The
+	// store cannot expire the session before it: the backend computes it
+	// from the send time of the latest renewal (or of the creation) that
+	// the store confirmed, minus a margin, so that it is always earlier
+	// than the store's own expiry. Only an explicit end is not covered:
+	// Close, or ExpireSession, ends the session at once, whatever the
+	// deadline.
+	//
+	// While Done is open, Deadline only moves forward: each successful
+	// renewal pushes it later. It may already have passed while Done is
+	// still open, for as long as the backend's timer takes to fire; the
+	// store still cannot expire the session before it. Once Done has
+	// fired, Deadline returns a time no later than the moment Done
+	// fired, and never changes again, so a caller that reads Deadline
+	// after Done sees no time in the future.
+	//
+	// The time is read on the clock the backend uses for its timers: the
+	// real clock, except for a backend under a manual clock (the memory
+	// backend's Options.Clock). Deadline is safe for concurrent use and
+	// does not talk to the store.
+	Deadline() time.Time
+}
+
 // Txner is an optional capability: several operations in one round trip.
 //
 // Txn applies ops as one atomic step of the store, against one state:

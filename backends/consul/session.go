@@ -15,7 +15,10 @@ import (
 	"github.com/concordha/concord/core"
 )
 
-var _ core.Session = (*session)(nil)
+var (
+	_ core.Session         = (*session)(nil)
+	_ core.SessionDeadline = (*session)(nil)
+)
 
 // maxSessionTTL is Consul's largest session TTL (structs.SessionTTLMax).
 const maxSessionTTL = 24 * time.Hour
@@ -54,6 +57,9 @@ type session struct {
 	once   sync.Once
 	err    error // written once, before done is closed
 	closed atomic.Bool
+
+	dmu      sync.Mutex
+	deadline time.Time // the client's deadline; see Deadline
 }
 
 // NewSession implements core.Store. It creates a Consul session with
@@ -127,6 +133,7 @@ func (s *Store) NewSession(ctx context.Context, opts core.SessionOptions) (core.
 	s.sessions[id] = ss
 	s.wg.Add(1)
 	s.mu.Unlock()
+	ss.advance(sent.Add(ttl))
 	go ss.run(sent)
 	return ss, nil
 }
@@ -163,6 +170,7 @@ func (ss *session) run(sent time.Time) {
 			return // halted, or lost
 		case err == nil:
 			deadline = sent.Add(ss.ttl)
+			ss.advance(deadline) // before the timer is armed at the same time
 			expire.Reset(time.Until(deadline))
 			renew.Reset(time.Until(sent.Add(ss.every)))
 		case errors.Is(err, errGone):
@@ -242,12 +250,46 @@ func (ss *session) lost(why string) error {
 	return fmt.Errorf("consul: session %s: %s: %w", ss.id, why, core.ErrSessionLost)
 }
 
-// fire closes Done with err, the first time only.
+// fire closes Done with err, the first time only. It brings the
+// deadline back to now if it is later (the session was closed or ended
+// early), so that Deadline never reports a future time after Done.
 func (ss *session) fire(err error) {
 	ss.once.Do(func() {
+		ss.dmu.Lock()
+		defer ss.dmu.Unlock()
+		if now := time.Now(); now.Before(ss.deadline) {
+			ss.deadline = now
+		}
 		ss.err = err
 		close(ss.done)
 	})
+}
+
+// advance publishes the deadline of a renewal that succeeded, if it is
+// later than the one published and Done has not fired. Done is closed
+// under dmu, so no deadline is published after it.
+func (ss *session) advance(d time.Time) {
+	ss.dmu.Lock()
+	defer ss.dmu.Unlock()
+	select {
+	case <-ss.done:
+		return
+	default:
+	}
+	if d.After(ss.deadline) {
+		ss.deadline = d
+	}
+}
+
+// Deadline implements core.SessionDeadline: the send time of the latest
+// renewal Consul answered (or of the creation) plus the TTL, the time at
+// which the renewal loop's timer fires Done unless a newer renewal
+// succeeds. Consul keeps the session for twice the TTL after it handled
+// that renewal.
+func (ss *session) Deadline() time.Time {
+	ss.dmu.Lock()
+	defer ss.dmu.Unlock()
+	return ss.deadline
 }
 
 // halt stops the renewal loop and waits for it.

@@ -16,7 +16,10 @@ import (
 	"github.com/concordha/concord/core"
 )
 
-var _ core.Session = (*session)(nil)
+var (
+	_ core.Session         = (*session)(nil)
+	_ core.SessionDeadline = (*session)(nil)
+)
 
 // maxLeaseTTL is etcd's largest lease TTL, in seconds (lease.MaxLeaseTTL).
 const maxLeaseTTL = 9_000_000_000
@@ -52,6 +55,9 @@ type session struct {
 	once   sync.Once
 	err    error // written once, before done is closed
 	closed atomic.Bool
+
+	dmu      sync.Mutex
+	deadline time.Time // the client's deadline; see Deadline
 }
 
 // NewSession implements core.Store. It grants a lease of TTL rounded up
@@ -116,6 +122,7 @@ func (s *Store) NewSession(ctx context.Context, opts core.SessionOptions) (core.
 	s.sessions[ss.id] = ss
 	s.wg.Add(1)
 	s.mu.Unlock()
+	ss.advance(ss.deadlineFrom(sent))
 	go ss.run(sent)
 	return ss, nil
 }
@@ -152,6 +159,7 @@ func (ss *session) run(sent time.Time) {
 			return // halted, or lost
 		case err == nil:
 			deadline = ss.deadlineFrom(sent)
+			ss.advance(deadline) // before the timer is armed at the same time
 			expire.Reset(time.Until(deadline))
 			renew.Reset(time.Until(sent.Add(ss.every)))
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
@@ -219,12 +227,44 @@ func (ss *session) lost(why string) error {
 	return fmt.Errorf("etcd: session %s: %s: %w", ss.ID(), why, core.ErrSessionLost)
 }
 
-// fire closes Done with err, the first time only.
+// fire closes Done with err, the first time only. It brings the
+// deadline back to now if it is later (the session was closed or ended
+// early), so that Deadline never reports a future time after Done.
 func (ss *session) fire(err error) {
 	ss.once.Do(func() {
+		ss.dmu.Lock()
+		defer ss.dmu.Unlock()
+		if now := time.Now(); now.Before(ss.deadline) {
+			ss.deadline = now
+		}
 		ss.err = err
 		close(ss.done)
 	})
+}
+
+// advance publishes the deadline of a renewal that succeeded, if it is
+// later than the one published and Done has not fired. Done is closed
+// under dmu, so no deadline is published after it.
+func (ss *session) advance(d time.Time) {
+	ss.dmu.Lock()
+	defer ss.dmu.Unlock()
+	select {
+	case <-ss.done:
+		return
+	default:
+	}
+	if d.After(ss.deadline) {
+		ss.deadline = d
+	}
+}
+
+// Deadline implements core.SessionDeadline: deadlineFrom of the send time
+// of the latest renewal etcd answered (or of the grant), the time at which
+// the keep-alive loop's timer fires Done unless a newer renewal succeeds.
+func (ss *session) Deadline() time.Time {
+	ss.dmu.Lock()
+	defer ss.dmu.Unlock()
+	return ss.deadline
 }
 
 // halt stops the keep-alive loop and waits for it.

@@ -11,7 +11,10 @@ import (
 	"github.com/concordha/concord/core"
 )
 
-var _ core.Session = (*session)(nil)
+var (
+	_ core.Session         = (*session)(nil)
+	_ core.SessionDeadline = (*session)(nil)
+)
 
 // session is the client side of a session. One goroutine, owned by the
 // session, keeps it alive; it runs on a context of its own, never on the
@@ -28,6 +31,9 @@ type session struct {
 	halted sync.Once
 	exited chan struct{}
 	closed atomic.Bool // Close has been called
+
+	dmu      sync.Mutex
+	deadline time.Time // the client's deadline, on the server's Clock; see Deadline
 }
 
 func newSession(c *Client, l *lease) *session {
@@ -57,6 +63,7 @@ func (ss *session) retryEvery() time.Duration { return max(ss.ttl/10, 1) }
 func (ss *session) start(sent time.Time) {
 	clock := ss.c.srv.clock
 	deadline := sent.Add(ss.ttl - ss.margin())
+	ss.advance(deadline)
 	now := clock.Now()
 	renew := clock.NewTimer(sent.Add(ss.renewEvery()).Sub(now))
 	expire := clock.NewTimer(deadline.Sub(now))
@@ -105,6 +112,7 @@ func (ss *session) run(renew, expire core.Timer, deadline time.Time) {
 			return
 		case err == nil:
 			deadline = sent.Add(ss.ttl - ss.margin())
+			ss.advance(deadline) // before the timer is armed at the same time
 			expire.Stop()
 			now := clock.Now()
 			expire = clock.NewTimer(deadline.Sub(now))
@@ -158,12 +166,46 @@ func (ss *session) lost(why string) error {
 	return fmt.Errorf("memory: session %s: %s: %w", ss.id, why, core.ErrSessionLost)
 }
 
-// fire closes Done with err, the first time only.
+// fire closes Done with err, the first time only. It brings the
+// deadline back to now if it is later (the session was closed or ended
+// early), so that Deadline never reports a future time after Done.
 func (ss *session) fire(err error) {
 	ss.once.Do(func() {
+		ss.dmu.Lock()
+		defer ss.dmu.Unlock()
+		if now := ss.c.srv.clock.Now(); now.Before(ss.deadline) {
+			ss.deadline = now
+		}
 		ss.err = err
 		close(ss.done)
 	})
+}
+
+// advance publishes the deadline of a renewal that succeeded, if it is
+// later than the one published and Done has not fired. Done is closed
+// under dmu, so no deadline is published after it.
+func (ss *session) advance(d time.Time) {
+	ss.dmu.Lock()
+	defer ss.dmu.Unlock()
+	select {
+	case <-ss.done:
+		return
+	default:
+	}
+	if d.After(ss.deadline) {
+		ss.deadline = d
+	}
+}
+
+// Deadline implements core.SessionDeadline: the send time of the latest
+// keep-alive the server answered (or of the grant), plus the TTL less the
+// margin, read on the server's Clock. The server expires the session a
+// TTL after it handled that keep-alive, which is no earlier than its send
+// time.
+func (ss *session) Deadline() time.Time {
+	ss.dmu.Lock()
+	defer ss.dmu.Unlock()
+	return ss.deadline
 }
 
 // halt stops the keep-alive loop and waits for it.

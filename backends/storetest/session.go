@@ -15,6 +15,7 @@ var sessionChecks = []namedCheck{
 	{"SessionRegister", checkSessionRegister},
 	{"SessionRegisterExisting", checkSessionRegisterExisting},
 	{"SessionStaysAlive", checkSessionStaysAlive},
+	{"SessionDeadline", checkSessionDeadline},
 	{"SessionCloseDeletesKeys", checkSessionCloseDeletesKeys},
 	{"SessionCloseWithCancelledContext", checkSessionCloseWithCancelledContext},
 	{"SessionLostWhenClientCloses", checkSessionLostWhenClientCloses},

@@ -11,8 +11,8 @@
 // starts, by the end of the check that made them.
 //
 // The checks of the optional capabilities (core.Txner, core.Expirer,
-// core.Deleter) run when the store's client implements them, and are
-// skipped, saying so, when it does not.
+// core.Deleter, core.SessionDeadline) run when the store's client or
+// session implements them, and are skipped, saying so, when it does not.
 package storetest
 
 import (

@@ -16,7 +16,10 @@ import (
 	"github.com/concordha/concord/core"
 )
 
-var _ core.Session = (*session)(nil)
+var (
+	_ core.Session         = (*session)(nil)
+	_ core.SessionDeadline = (*session)(nil)
+)
 
 // session is one ZooKeeper session on a connection of its own. A monitor
 // goroutine fires Done with core.ErrSessionLost when ZooKeeper says the
@@ -42,6 +45,11 @@ type session struct {
 	once   sync.Once
 	err    error // written once, before done is closed
 	closed atomic.Bool
+
+	// dmu orders Deadline with fire: done is closed under it, and final
+	// is set then, to what Deadline returns from then on.
+	dmu   sync.Mutex
+	final time.Time
 
 	shut sync.Once // closing the connection
 }
@@ -249,12 +257,46 @@ func (ss *session) lost(why string) error {
 	return fmt.Errorf("zookeeper: session %s: %s: %w", ss.ID(), why, core.ErrSessionLost)
 }
 
-// fire closes Done with err, the first time only.
+// fire closes Done with err, the first time only. It freezes the
+// deadline Deadline reports, brought back to now if it is later (the
+// session was closed or ended early), so that Deadline never reports a
+// future time after Done.
 func (ss *session) fire(err error) {
 	ss.once.Do(func() {
+		ss.dmu.Lock()
+		defer ss.dmu.Unlock()
+		ss.final = ss.deadline(ss.tr.state())
+		if now := time.Now(); now.Before(ss.final) {
+			ss.final = now
+		}
 		ss.err = err
 		close(ss.done)
 	})
+}
+
+// Deadline implements core.SessionDeadline. While Done is open it is
+// computed from the tracker, as the monitor computes the time at which it
+// fires Done: the send time of the latest request ZooKeeper answered, plus
+// 90% of the negotiated timeout. ZooKeeper restarted its clock for the
+// session when it received that request, so it cannot expire the session
+// before a full timeout after it. The tracker may learn of an answer
+// before the monitor wakes up: Deadline then already reports the later
+// time, which the monitor adopts instead of firing Done when its timer
+// runs out.
+//
+// One case breaks the rule that it only moves forward: a reconnection to
+// a server that negotiates a shorter session timeout than before (servers
+// configured with different session timeout bounds) can bring it back.
+// The monitor then fires Done at the earlier time, and Deadline follows
+// it, so that it never reports a time later than the one the monitor
+// goes by.
+func (ss *session) Deadline() time.Time {
+	ss.dmu.Lock()
+	defer ss.dmu.Unlock()
+	if ss.isDone() {
+		return ss.final
+	}
+	return ss.deadline(ss.tr.state())
 }
 
 func (ss *session) isDone() bool {
