@@ -149,20 +149,40 @@ func (n *Node) Status(service string) (Status, error) {
 // tokens older than the newest it has seen.
 // Errors: ErrUnknownService; ErrNotPrimary.
 func (n *Node) Fence(service string) (int64, error) {
+	token, _, err := n.FenceUntil(service)
+	return token, err
+}
+
+// FenceUntil is Fence, and also returns until, the deadline of the
+// session the node holds the primary role under (see SessionDeadline):
+// the store cannot expire that session before until. Since another node
+// takes the role over only once that session has ended, this node stays
+// the primary until then at least, unless it gives the role up itself
+// (Resign, StepDown, Close) or an operator ends its session
+// (ExpireSession). until is read on the clock of the store's backend, the
+// real clock in production. It is the zero time when the store's sessions
+// do not implement SessionDeadline: then it proves nothing. The deadline
+// is read before the session is checked to be still live, so a deadline
+// returned without error was vouched for by a live session.
+// Errors: ErrUnknownService; ErrNotPrimary.
+func (n *Node) FenceUntil(service string) (token int64, until time.Time, err error) {
 	n.mu.Lock()
 	st, ok := n.status[service]
 	sess := n.liveSess
 	n.mu.Unlock()
 	if !ok {
-		return 0, fmt.Errorf("%w: %q", ErrUnknownService, service)
+		return 0, time.Time{}, fmt.Errorf("%w: %q", ErrUnknownService, service)
 	}
 	if st.Role != RolePrimary || sess == nil {
-		return 0, fmt.Errorf("%w: %q", ErrNotPrimary, service)
+		return 0, time.Time{}, fmt.Errorf("%w: %q", ErrNotPrimary, service)
+	}
+	if sd, ok := sess.(SessionDeadline); ok {
+		until = sd.Deadline()
 	}
 	if isDone(sess) {
-		return 0, fmt.Errorf("%w: %q: session lost", ErrNotPrimary, service)
+		return 0, time.Time{}, fmt.Errorf("%w: %q: session lost", ErrNotPrimary, service)
 	}
-	return st.Token, nil
+	return st.Token, until, nil
 }
 
 // Resign hands the service's primary role over: this node stops acting as
