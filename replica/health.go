@@ -22,6 +22,17 @@ import (
 // the node's session is in doubt (core.Node.Fence), before the store can
 // expire it, so a load balancer stops sending to a primary that is being
 // replaced.
+//
+// A primary check that passes also says, in "valid_for_ms", for how long
+// at least the role is certain to stay here (core.Node.FenceUntil): a 200
+// with valid_for_ms = N proves, to a caller who sent its request at local
+// time t, that this node holds the primary role with a session the store
+// cannot expire before t + N ms (barring its own resignation). N is the
+// whole milliseconds left, rounded down, from the moment the answer is
+// made, which is after t; the caller counts the N ms on its own clock, so
+// that only the two clocks' rates, not their settings, need to agree. The
+// field is absent when the store's sessions cannot tell their deadline,
+// and on every other answer.
 func HealthAPI(h *Host) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
@@ -41,9 +52,11 @@ func HealthAPI(h *Host) http.Handler {
 			}
 			prole, running := h.providerRole(name)
 			ok := false
+			var until time.Time
 			switch check {
 			case "primary":
-				_, ferr := h.node.Fence(name)
+				var ferr error
+				_, until, ferr = h.node.FenceUntil(name)
 				ok = ferr == nil && running && prole == core.RolePrimary
 			case "secondary":
 				ok = st.Role == core.RoleSecondary && running
@@ -54,10 +67,16 @@ func HealthAPI(h *Host) http.Handler {
 			if ok {
 				code = http.StatusOK
 			}
-			writeJSON(w, code, map[string]any{
+			body := map[string]any{
 				"service": name, "node": h.cfg.Node, "role": st.Role.String(), "primary": st.Primary,
 				"epoch": st.Epoch, "token": st.Token, "electing": st.Electing, "running": running,
-			})
+			}
+			if ok && !until.IsZero() {
+				// Read now, after the request arrived, and rounded down:
+				// the caller's own t + N is no later than until.
+				body["valid_for_ms"] = max(time.Until(until).Milliseconds(), 0)
+			}
+			writeJSON(w, code, body)
 		})
 	}
 	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/concordha/concord/replica"
 )
@@ -43,8 +44,25 @@ func TestHealthAPI(t *testing.T) {
 			want["secondary"] = 200
 		}
 		for check, code := range want {
-			if got, body := get(t, h, "/v1/services/db/"+check); got != code {
+			got, body := get(t, h, "/v1/services/db/"+check)
+			if got != code {
 				t.Errorf("%s: GET /v1/services/db/%s = %d %v, want %d", id, check, got, body, code)
+			}
+			// Only a passing primary check says how long it holds: more
+			// than nothing, and no more than a TTL.
+			v, has := body["valid_for_ms"]
+			switch {
+			case check != "primary" || got != 200:
+				if has {
+					t.Errorf("%s: GET /v1/services/db/%s = %d with valid_for_ms %v, want none", id, check, got, v)
+				}
+			case !has:
+				t.Errorf("%s: GET /v1/services/db/primary = 200 %v without valid_for_ms", id, body)
+			default:
+				ms, isNum := v.(float64)
+				if !isNum || ms <= 0 || ms > float64(ttl.Milliseconds()) || ms != float64(int64(ms)) {
+					t.Errorf("%s: GET /v1/services/db/primary: valid_for_ms = %v, want a whole number in (0, %d]", id, v, ttl.Milliseconds())
+				}
 			}
 		}
 		if got, _ := get(t, h, "/v1/services/nope/primary"); got != 404 {
@@ -64,10 +82,16 @@ func TestHealthAPI(t *testing.T) {
 	}
 
 	// Cut the primary off: its check fails, and no other node's passes
-	// while it still does.
+	// while it still does, nor before the time its last passing answer
+	// promised (its send time plus valid_for_ms).
 	c.srv.Isolate(prim, true)
+	var promised time.Time
 	eventually(t, 10*ttl, func() error {
-		old, _ := get(t, api[prim], "/v1/services/db/primary")
+		sent := time.Now()
+		old, body := get(t, api[prim], "/v1/services/db/primary")
+		if ms, ok := body["valid_for_ms"].(float64); ok && old == 200 {
+			promised = sent.Add(time.Duration(ms) * time.Millisecond)
+		}
 		for id, h := range api {
 			if got, _ := get(t, h, "/v1/services/db/primary"); id != prim && got == 200 && old == 200 {
 				t.Fatalf("both %s and the cut-off %s pass the primary check", id, prim)
@@ -77,6 +101,24 @@ func TestHealthAPI(t *testing.T) {
 			return fmt.Errorf("the cut-off primary's check still answers %d", old)
 		}
 		return nil
+	})
+	if promised.IsZero() {
+		t.Fatalf("the cut-off primary %s never answered 200 with valid_for_ms", prim)
+	}
+	eventually(t, 10*ttl, func() error {
+		for id, h := range api {
+			if id == prim {
+				continue
+			}
+			if got, _ := get(t, h, "/v1/services/db/primary"); got == 200 {
+				if answered := time.Now(); answered.Before(promised) {
+					t.Fatalf("%s passes the primary check %v before the time the cut-off %s promised", id, promised.Sub(answered), prim)
+				}
+				t.Logf("%s passes the primary check %v after the time the cut-off %s promised", id, time.Since(promised).Round(time.Millisecond), prim)
+				return nil
+			}
+		}
+		return fmt.Errorf("no other node passes the primary check yet")
 	})
 	c.srv.Isolate(prim, false)
 }
