@@ -405,8 +405,17 @@ func (a *nodeAPI) serveProxies(w http.ResponseWriter, _ *http.Request) {
 // startProxies runs the node's proxies (proxies[] in the config), each
 // following its service's primary through the client package; the
 // function it returns stops them and waits for them.
-func startProxies(f *config.File, st core.Store, prefix string, api *nodeAPI, log *slog.Logger) (func(), error) {
-	r, err := client.New(st, prefix)
+func startProxies(f *config.File, rc config.Replica, st core.Store, prefix string, api *nodeAPI, log *slog.Logger) (func(), error) {
+	// In a store outage, a proxy keeps the last primary for as long as
+	// that primary's node API proves its session valid; the nodes' APIs
+	// share node.api.tls.
+	hc := &http.Client{Timeout: 2 * time.Second}
+	scheme := "http"
+	if rc.ClientTLS != nil {
+		hc.Transport = &http.Transport{TLSClientConfig: rc.ClientTLS}
+		scheme = "https"
+	}
+	r, err := client.NewWithOptions(st, prefix, client.Options{Check: client.HTTPCheck(hc, scheme)})
 	if err != nil {
 		return nil, err
 	}
@@ -445,5 +454,6 @@ func startProxies(f *config.File, st core.Store, prefix string, api *nodeAPI, lo
 		for range ps {
 			<-done
 		}
+		hc.CloseIdleConnections()
 	}, nil
 }

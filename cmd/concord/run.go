@@ -188,7 +188,7 @@ func runNode(ctx context.Context, f *config.File, log *slog.Logger, sigs <-chan 
 	hctx, hstop := context.WithCancel(context.Background())
 	hostDone := make(chan error, 1)
 	go func() { hostDone <- api.host.Run(hctx) }()
-	stopProxies, err := startProxies(f, st.store, cfg.Prefix, api, log)
+	stopProxies, err := startProxies(f, rc, st.store, cfg.Prefix, api, log)
 	if err != nil {
 		hstop()
 		return err
