@@ -22,9 +22,10 @@ type haproxy struct {
 
 // startHAProxy runs HAProxy (installed from Debian's packages by
 // images/install-haproxy) with `option httpchk` against each node's
-// /v1/services/kv/primary. It returns nil if haproxy is not installed,
-// unless CONCORD_REQUIRE_HAPROXY=1 (CI), which makes that a failure.
-func startHAProxy(t *testing.T, work string, nodes []*kvNode, port int) *haproxy {
+// /v1/services/kv/primary, listening on a free port of its own. It
+// returns nil if haproxy is not installed, unless CONCORD_REQUIRE_HAPROXY=1
+// (CI), which makes that a failure.
+func startHAProxy(t *testing.T, work string, nodes []*kvNode) *haproxy {
 	t.Helper()
 	bin, err := exec.LookPath("haproxy")
 	if err != nil {
@@ -39,6 +40,7 @@ func startHAProxy(t *testing.T, work string, nodes []*kvNode, port int) *haproxy
 		t.Log("haproxy is not installed: skipping the load balancer part (images/install-haproxy installs it)")
 		return nil
 	}
+	port := freePorts(t, 1)[0]
 	var servers strings.Builder
 	for _, n := range nodes {
 		fmt.Fprintf(&servers, "  server %s 127.0.0.1:%d check port %d\n", n.id, n.kv, n.api)
