@@ -22,6 +22,8 @@ vet:
 ## then failover on an embedded etcd for 3 and 5 nodes (crash, as time
 ## above the session TTL, and graceful handover), beside etcd's own
 ## client/v3/concurrency Election with the same TTL, and their ratios;
+## the replica manager's and the proxy's figures; crash failover and a
+## switchover under load through the proxy, with real concord processes;
 ## then the same failover harness on real etcd, Consul and ZooKeeper
 ## servers in containers (needs Docker and `make images`).
 bench:
@@ -29,6 +31,7 @@ bench:
 	$(GO) test -run '^$$' -bench Failover -benchtime=5x -timeout 30m ./backends/etcd/
 	$(GO) test -run '^$$' -bench . -benchtime=200x -timeout 10m ./replica/...
 	$(GO) test -run '^$$' -bench . -benchtime=3000x -timeout 10m ./proxy/
+	$(GO) test -run '^$$' -bench . -benchtime=5x -timeout 30m ./e2e/
 	TESTCONTAINERS_RYUK_DISABLED=true $(GO) test -tags integration -run '^$$' -bench Failover -benchtime=5x -timeout 30m ./integration/
 
 ## soak: many more seeded schedules than `make test`, from a new first
