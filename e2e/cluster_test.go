@@ -20,6 +20,8 @@ import (
 	"github.com/concordha/concord/internal/leakcheck"
 	"github.com/concordha/concord/internal/poll"
 	"github.com/concordha/concord/internal/syncbuf"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 func TestMain(m *testing.M) { leakcheck.Main(m) }
@@ -147,6 +149,88 @@ func (c *cluster) etcdLeader(n *kvNode) (bool, error) {
 		return false, err
 	}
 	return s.Header.MemberId == s.Leader, nil
+}
+
+// placeEtcdLeader makes n's etcd member etcd's leader (onIt) or moves
+// the leadership to another member (!onIt), with etcd's MoveLeader, and
+// waits until the members agree.
+func (c *cluster) placeEtcdLeader(tb testing.TB, n *kvNode, onIt bool) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ids := map[string]uint64{}
+	var leader uint64
+	for _, m := range c.nodes {
+		st, err := c.st.Client().Status(ctx, etcdURL(m))
+		if err != nil {
+			tb.Fatalf("etcd status of %s: %v", m.id, err)
+		}
+		ids[m.id], leader = st.Header.MemberId, st.Leader
+	}
+	if (leader == ids[n.id]) == onIt {
+		return
+	}
+	target := ids[n.id]
+	if !onIt {
+		for _, m := range c.nodes {
+			if m != n {
+				target = ids[m.id]
+				break
+			}
+		}
+	}
+	var leaderURL string
+	for _, m := range c.nodes {
+		if ids[m.id] == leader {
+			leaderURL = etcdURL(m)
+		}
+	}
+	// MoveLeader must reach the leader itself.
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{leaderURL}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.MoveLeader(ctx, target); err != nil {
+		tb.Fatalf("moving etcd's leadership: %v", err)
+	}
+	eventually(tb, 20*time.Second, "etcd's leadership moved", func() error {
+		for _, m := range c.nodes {
+			st, err := c.st.Client().Status(ctx, etcdURL(m))
+			if err != nil {
+				return err
+			}
+			if st.Leader != target {
+				return fmt.Errorf("%s sees leader %x, want %x", m.id, st.Leader, target)
+			}
+		}
+		return nil
+	})
+	// A new leader extends every lease by an election timeout: wait until
+	// n's session has been renewed since, so that the move does not add
+	// to what comes next.
+	kv, err := c.st.Get(ctx, "concord/members/"+n.id)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	rec, err := core.DecodeMember(kv)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	lease, err := strconv.ParseInt(rec.Session, 10, 64)
+	if err != nil {
+		tb.Fatalf("session %q of %s is not an etcd lease: %v", rec.Session, n.id, err)
+	}
+	eventually(tb, 20*time.Second, "the session renewed under the new leader", func() error {
+		r, err := c.st.Client().TimeToLive(ctx, clientv3.LeaseID(lease))
+		if err != nil {
+			return err
+		}
+		if r.TTL > r.GrantedTTL {
+			return fmt.Errorf("%ds left of a %ds lease", r.TTL, r.GrantedTTL)
+		}
+		return nil
+	})
 }
 
 // restart starts n's concord again after a crash, with its config: its
