@@ -64,6 +64,24 @@ func primaryCluster(t *testing.T) (*memory.Server, int64) {
 	return srv, prim.Revision
 }
 
+// watchPrimary watches db through the client "watcher" until the test
+// ends, and returns once the primary is valid.
+func watchPrimary(t *testing.T, srv *memory.Server, opts client.Options) <-chan client.Update {
+	t.Helper()
+	r, err := client.NewWithOptions(srv.Client("watcher"), "concord/", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	updates, err := r.Watch(ctx, "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	await(t, updates, 5*time.Second, "the primary", func(u client.Update) bool { return u.Valid })
+	return updates
+}
+
 // await reads updates until want accepts one, and returns it and when
 // it came.
 func await(t *testing.T, updates <-chan client.Update, within time.Duration, what string, want func(client.Update) bool) (client.Update, time.Time) {
@@ -95,17 +113,7 @@ func TestOutageKeepsTheProvenPrimary(t *testing.T) {
 	srv, token := primaryCluster(t)
 	f := &fakeCheck{}
 	f.set(token, 400*time.Millisecond, nil)
-	r, err := client.NewWithOptions(srv.Client("watcher"), "concord/", client.Options{Check: f.check})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	updates, err := r.Watch(ctx, "db")
-	if err != nil {
-		t.Fatal(err)
-	}
-	await(t, updates, 5*time.Second, "the primary", func(u client.Update) bool { return u.Valid })
+	updates := watchPrimary(t, srv, client.Options{Check: f.check})
 	if calls, _, _ := f.state(); calls != 0 {
 		t.Fatalf("the node was asked %d times while the store answered", calls)
 	}
@@ -154,17 +162,7 @@ func TestOutageKeepsTheProvenPrimary(t *testing.T) {
 // not valid at once.
 func TestOutageWithoutCheck(t *testing.T) {
 	srv, _ := primaryCluster(t)
-	r, err := client.New(srv.Client("watcher"), "concord/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	updates, err := r.Watch(ctx, "db")
-	if err != nil {
-		t.Fatal(err)
-	}
-	await(t, updates, 5*time.Second, "the primary", func(u client.Update) bool { return u.Valid })
+	updates := watchPrimary(t, srv, client.Options{})
 	srv.Isolate("watcher", true)
 	u, _ := await(t, updates, 5*time.Second, "not valid", func(u client.Update) bool { return !u.Valid })
 	if !strings.Contains(u.Why, "cannot be watched") {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/concordha/concord/backends/internal/deadline"
 	"github.com/concordha/concord/core"
 )
 
@@ -58,8 +59,7 @@ type session struct {
 	err    error // written once, before done is closed
 	closed atomic.Bool
 
-	dmu      sync.Mutex
-	deadline time.Time // the client's deadline; see Deadline
+	dl deadline.Deadline // the client's deadline; see Deadline
 }
 
 // NewSession implements core.Store. It creates a Consul session with
@@ -133,7 +133,7 @@ func (s *Store) NewSession(ctx context.Context, opts core.SessionOptions) (core.
 	s.sessions[id] = ss
 	s.wg.Add(1)
 	s.mu.Unlock()
-	ss.advance(sent.Add(ttl))
+	ss.dl.Advance(sent.Add(ttl))
 	go ss.run(sent)
 	return ss, nil
 }
@@ -170,7 +170,7 @@ func (ss *session) run(sent time.Time) {
 			return // halted, or lost
 		case err == nil:
 			deadline = sent.Add(ss.ttl)
-			ss.advance(deadline) // before the timer is armed at the same time
+			ss.dl.Advance(deadline) // before the timer is armed at the same time
 			expire.Reset(time.Until(deadline))
 			renew.Reset(time.Until(sent.Add(ss.every)))
 		case errors.Is(err, errGone):
@@ -255,30 +255,11 @@ func (ss *session) lost(why string) error {
 // early), so that Deadline never reports a future time after Done.
 func (ss *session) fire(err error) {
 	ss.once.Do(func() {
-		ss.dmu.Lock()
-		defer ss.dmu.Unlock()
-		if now := time.Now(); now.Before(ss.deadline) {
-			ss.deadline = now
-		}
-		ss.err = err
-		close(ss.done)
+		ss.dl.End(time.Now(), func() {
+			ss.err = err
+			close(ss.done)
+		})
 	})
-}
-
-// advance publishes the deadline of a renewal that succeeded, if it is
-// later than the one published and Done has not fired. Done is closed
-// under dmu, so no deadline is published after it.
-func (ss *session) advance(d time.Time) {
-	ss.dmu.Lock()
-	defer ss.dmu.Unlock()
-	select {
-	case <-ss.done:
-		return
-	default:
-	}
-	if d.After(ss.deadline) {
-		ss.deadline = d
-	}
 }
 
 // Deadline implements core.SessionDeadline: the send time of the latest
@@ -286,11 +267,7 @@ func (ss *session) advance(d time.Time) {
 // which the renewal loop's timer fires Done unless a newer renewal
 // succeeds. Consul keeps the session for twice the TTL after it handled
 // that renewal.
-func (ss *session) Deadline() time.Time {
-	ss.dmu.Lock()
-	defer ss.dmu.Unlock()
-	return ss.deadline
-}
+func (ss *session) Deadline() time.Time { return ss.dl.Get() }
 
 // halt stops the renewal loop and waits for it.
 func (ss *session) halt() {

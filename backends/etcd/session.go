@@ -13,6 +13,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordha/concord/backends/internal/deadline"
 	"github.com/concordha/concord/core"
 )
 
@@ -56,8 +57,7 @@ type session struct {
 	err    error // written once, before done is closed
 	closed atomic.Bool
 
-	dmu      sync.Mutex
-	deadline time.Time // the client's deadline; see Deadline
+	dl deadline.Deadline // the client's deadline; see Deadline
 }
 
 // NewSession implements core.Store. It grants a lease of TTL rounded up
@@ -122,7 +122,7 @@ func (s *Store) NewSession(ctx context.Context, opts core.SessionOptions) (core.
 	s.sessions[ss.id] = ss
 	s.wg.Add(1)
 	s.mu.Unlock()
-	ss.advance(ss.deadlineFrom(sent))
+	ss.dl.Advance(ss.deadlineFrom(sent))
 	go ss.run(sent)
 	return ss, nil
 }
@@ -159,7 +159,7 @@ func (ss *session) run(sent time.Time) {
 			return // halted, or lost
 		case err == nil:
 			deadline = ss.deadlineFrom(sent)
-			ss.advance(deadline) // before the timer is armed at the same time
+			ss.dl.Advance(deadline) // before the timer is armed at the same time
 			expire.Reset(time.Until(deadline))
 			renew.Reset(time.Until(sent.Add(ss.every)))
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
@@ -232,40 +232,17 @@ func (ss *session) lost(why string) error {
 // early), so that Deadline never reports a future time after Done.
 func (ss *session) fire(err error) {
 	ss.once.Do(func() {
-		ss.dmu.Lock()
-		defer ss.dmu.Unlock()
-		if now := time.Now(); now.Before(ss.deadline) {
-			ss.deadline = now
-		}
-		ss.err = err
-		close(ss.done)
+		ss.dl.End(time.Now(), func() {
+			ss.err = err
+			close(ss.done)
+		})
 	})
-}
-
-// advance publishes the deadline of a renewal that succeeded, if it is
-// later than the one published and Done has not fired. Done is closed
-// under dmu, so no deadline is published after it.
-func (ss *session) advance(d time.Time) {
-	ss.dmu.Lock()
-	defer ss.dmu.Unlock()
-	select {
-	case <-ss.done:
-		return
-	default:
-	}
-	if d.After(ss.deadline) {
-		ss.deadline = d
-	}
 }
 
 // Deadline implements core.SessionDeadline: deadlineFrom of the send time
 // of the latest renewal etcd answered (or of the grant), the time at which
 // the keep-alive loop's timer fires Done unless a newer renewal succeeds.
-func (ss *session) Deadline() time.Time {
-	ss.dmu.Lock()
-	defer ss.dmu.Unlock()
-	return ss.deadline
-}
+func (ss *session) Deadline() time.Time { return ss.dl.Get() }
 
 // halt stops the keep-alive loop and waits for it.
 func (ss *session) halt() {

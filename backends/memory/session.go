@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/concordha/concord/backends/internal/deadline"
 	"github.com/concordha/concord/core"
 )
 
@@ -32,8 +33,7 @@ type session struct {
 	exited chan struct{}
 	closed atomic.Bool // Close has been called
 
-	dmu      sync.Mutex
-	deadline time.Time // the client's deadline, on the server's Clock; see Deadline
+	dl deadline.Deadline // the client's deadline; see Deadline
 }
 
 func newSession(c *Client, l *lease) *session {
@@ -63,7 +63,7 @@ func (ss *session) retryEvery() time.Duration { return max(ss.ttl/10, 1) }
 func (ss *session) start(sent time.Time) {
 	clock := ss.c.srv.clock
 	deadline := sent.Add(ss.ttl - ss.margin())
-	ss.advance(deadline)
+	ss.dl.Advance(deadline)
 	now := clock.Now()
 	renew := clock.NewTimer(sent.Add(ss.renewEvery()).Sub(now))
 	expire := clock.NewTimer(deadline.Sub(now))
@@ -112,7 +112,7 @@ func (ss *session) run(renew, expire core.Timer, deadline time.Time) {
 			return
 		case err == nil:
 			deadline = sent.Add(ss.ttl - ss.margin())
-			ss.advance(deadline) // before the timer is armed at the same time
+			ss.dl.Advance(deadline) // before the timer is armed at the same time
 			expire.Stop()
 			now := clock.Now()
 			expire = clock.NewTimer(deadline.Sub(now))
@@ -171,30 +171,11 @@ func (ss *session) lost(why string) error {
 // early), so that Deadline never reports a future time after Done.
 func (ss *session) fire(err error) {
 	ss.once.Do(func() {
-		ss.dmu.Lock()
-		defer ss.dmu.Unlock()
-		if now := ss.c.srv.clock.Now(); now.Before(ss.deadline) {
-			ss.deadline = now
-		}
-		ss.err = err
-		close(ss.done)
+		ss.dl.End(ss.c.srv.clock.Now(), func() {
+			ss.err = err
+			close(ss.done)
+		})
 	})
-}
-
-// advance publishes the deadline of a renewal that succeeded, if it is
-// later than the one published and Done has not fired. Done is closed
-// under dmu, so no deadline is published after it.
-func (ss *session) advance(d time.Time) {
-	ss.dmu.Lock()
-	defer ss.dmu.Unlock()
-	select {
-	case <-ss.done:
-		return
-	default:
-	}
-	if d.After(ss.deadline) {
-		ss.deadline = d
-	}
 }
 
 // Deadline implements core.SessionDeadline: the send time of the latest
@@ -202,11 +183,7 @@ func (ss *session) advance(d time.Time) {
 // margin, read on the server's Clock. The server expires the session a
 // TTL after it handled that keep-alive, which is no earlier than its send
 // time.
-func (ss *session) Deadline() time.Time {
-	ss.dmu.Lock()
-	defer ss.dmu.Unlock()
-	return ss.deadline
-}
+func (ss *session) Deadline() time.Time { return ss.dl.Get() }
 
 // halt stops the keep-alive loop and waits for it.
 func (ss *session) halt() {
