@@ -385,7 +385,14 @@ func (h *Host) roleOf(name string) core.Role {
 }
 
 func (h *Host) info(s *hosted, ev core.Event, role core.Role) Info {
-	return Info{Service: s.spec.Name, Node: h.cfg.Node, Role: role, Primary: ev.Primary, Epoch: ev.Epoch, Token: ev.Token}
+	in := Info{Service: s.spec.Name, Node: h.cfg.Node, Role: role, Primary: ev.Primary, Epoch: ev.Epoch, Token: ev.Token}
+	if role != core.RolePrimary && in.Primary == h.cfg.Node {
+		// This node gives the role up (a resignation, a lost session):
+		// the record still names it, but it is no longer the primary,
+		// and the next one is not known yet.
+		in.Primary = ""
+	}
+	return in
 }
 
 // do runs one provider call under the service's call lock, bounded by

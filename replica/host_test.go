@@ -36,6 +36,8 @@ type kv struct {
 	up   bool
 	// failMonitor makes every health check fail.
 	failMonitor bool
+	// demotedUnder is the primary the last Demote named.
+	demotedUnder string
 	log         []string
 	// journal is shared by a member's providers: the order of actions
 	// across services.
@@ -96,6 +98,7 @@ func (p *kv) Demote(_ context.Context, in replica.Info) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.record("demote", in)
+	p.demotedUnder = in.Primary
 	p.role = in.Role
 	return nil
 }
@@ -480,6 +483,14 @@ func TestHandoverToNode(t *testing.T) {
 	}
 	if d, _, _ := c.members[next].prov["db"].snapshot(); d["last"] != "write" {
 		t.Fatalf("the new primary lacks the last write: %v", d)
+	}
+	// The old primary was demoted without being told it is the primary.
+	old := c.members[prim].prov["db"]
+	old.mu.Lock()
+	under := old.demotedUnder
+	old.mu.Unlock()
+	if under == prim {
+		t.Fatalf("the old primary %s was demoted naming itself the primary", prim)
 	}
 }
 
