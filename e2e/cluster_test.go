@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -206,28 +208,28 @@ func (c *cluster) placeEtcdLeader(tb testing.TB, n *kvNode, onIt bool) {
 		}
 		return nil
 	})
-	// A new leader extends every lease by an election timeout: wait until
-	// n's session has been renewed since, so that the move does not add
-	// to what comes next.
-	kv, err := c.st.Get(ctx, "concord/members/"+n.id)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	rec, err := core.DecodeMember(kv)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	lease, err := strconv.ParseInt(rec.Session, 10, 64)
-	if err != nil {
-		tb.Fatalf("session %q of %s is not an etcd lease: %v", rec.Session, n.id, err)
-	}
-	eventually(tb, 20*time.Second, "the session renewed under the new leader", func() error {
-		r, err := c.st.Client().TimeToLive(ctx, clientv3.LeaseID(lease))
+	// A new leader extends every lease by an election timeout. Wait until
+	// n's session has been renewed since, so that the move does not add to
+	// what comes next: n's primary check proves its session valid until
+	// (send time of its last confirmed renewal) + 90% of the TTL, which
+	// passes moved + 90% of the TTL only once a renewal sent after the
+	// move was confirmed.
+	moved := time.Now()
+	eventually(tb, 20*time.Second, "the primary's session renewed under the new leader", func() error {
+		asked := time.Now()
+		resp, err := httpc.Get(fmt.Sprintf("http://127.0.0.1:%d/v1/services/kv/primary", n.api))
 		if err != nil {
 			return err
 		}
-		if r.TTL > r.GrantedTTL {
-			return fmt.Errorf("%ds left of a %ds lease", r.TTL, r.GrantedTTL)
+		defer resp.Body.Close()
+		var a struct {
+			ValidForMS int64 `json:"valid_for_ms"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&a); err != nil || resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s's primary check: %d, %v", n.id, resp.StatusCode, err)
+		}
+		if until := asked.Add(time.Duration(a.ValidForMS) * time.Millisecond); !until.After(moved.Add(ttl * 9 / 10)) {
+			return fmt.Errorf("proven until %v, not past %v", until, moved.Add(ttl*9/10))
 		}
 		return nil
 	})
