@@ -144,3 +144,64 @@ func TestHandoverDrainsTheEndpoint(t *testing.T) {
 		t.Fatalf("the next primary published %v after the drain began, before the drain %v ended", d, drain)
 	}
 }
+
+// TestDrainBeforeStepDown: Drain marks the endpoint of each service the
+// node is primary of draining and waits for the drain, with the node
+// still primary; stepping down then hands the service on.
+func TestDrainBeforeStepDown(t *testing.T) {
+	const drain = 300 * time.Millisecond
+	c := newCluster(t)
+	for _, id := range []string{"a", "b"} {
+		c.start(id, svc{name: "db", tune: func(s *replica.ServiceSpec) { s.Drain = drain }})
+	}
+	prim, _ := c.settled("db", 1)
+	r, err := client.New(c.srv.Client("client"), "concord/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	updates, err := r.Watch(ctx, "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, _ := c.members[prim].node.Fence("db")
+	began := time.Now()
+	if err := c.members[prim].host.Drain(context.Background()); err != nil {
+		t.Fatalf("Drain: %v", err)
+	}
+	if d := time.Since(began); d < drain {
+		t.Fatalf("Drain returned after %v, before the drain of %v", d, drain)
+	}
+	if tk, err := c.members[prim].node.Fence("db"); err != nil || tk != token {
+		t.Fatalf("after Drain the node holds token %d, %v; want it still primary with %d", tk, err, token)
+	}
+	sawDrain := false
+	deadline := time.After(20 * ttl)
+	for !sawDrain {
+		select {
+		case u := <-updates:
+			sawDrain = u.Draining && u.Endpoint.Node == prim && u.Endpoint.Token == token
+		case <-deadline:
+			t.Fatal("no draining update")
+		}
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 10*ttl)
+	defer scancel()
+	if err := c.members[prim].node.StepDown(sctx); err != nil {
+		t.Fatalf("StepDown: %v", err)
+	}
+	for {
+		select {
+		case u := <-updates:
+			if u.Valid {
+				if u.Endpoint.Node == prim || u.Endpoint.Token <= token {
+					t.Fatalf("after the step-down: %+v", u)
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatal("no next primary after the step-down")
+		}
+	}
+}

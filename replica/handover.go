@@ -2,6 +2,7 @@ package replica
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -107,4 +108,40 @@ func (h *Host) handOver(ctx context.Context, s *hosted, ev core.Event, to string
 	}
 	h.log.Info("switching over: resigning after the last checkpoint", "service", service, "to", to, "seq", seq)
 	return h.node.Resign(ctx, service)
+}
+
+// Drain marks the endpoint of every service this node serves as primary
+// draining, and waits the longest of their Drain (or until ctx ends), so
+// that clients finish what they started and hold their new connections
+// off before the node steps down (concord run does this on SIGTERM). The
+// services stay primary here: the caller resigns them after. It returns
+// at once when none publishes an endpoint. A service whose record cannot
+// be written is skipped, and its error returned after the wait.
+func (h *Host) Drain(ctx context.Context) error {
+	if h.cfg.Store == nil {
+		return nil
+	}
+	var wait time.Duration
+	var errs []error
+	for _, s := range h.svcs {
+		ev, role := s.state()
+		if s.spec.Endpoint == "" || s.spec.Drain <= 0 || ev.Role != core.RolePrimary || role != core.RolePrimary {
+			continue
+		}
+		if err := h.writeEndpoint(ctx, s, ev, s.spec.Drain); err != nil {
+			errs = append(errs, fmt.Errorf("%q: %w", s.spec.Name, err))
+			continue
+		}
+		wait = max(wait, s.spec.Drain)
+	}
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			errs = append(errs, ctx.Err())
+		}
+	}
+	return errors.Join(errs...)
 }

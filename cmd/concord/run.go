@@ -207,11 +207,18 @@ func runNode(ctx context.Context, f *config.File, log *slog.Logger, sigs <-chan 
 
 	select {
 	case sig := <-sigs:
-		log.Info("signal: resigning every service this node is primary of, then leaving", "signal", sig.String())
+		log.Info("signal: draining and resigning every service this node is primary of, then leaving", "signal", sig.String())
 		sctx, scancel := context.WithTimeout(context.Background(), 2*cfg.SessionTTL)
 		defer scancel()
 		done := make(chan error, 1)
-		go func() { done <- n.StepDown(sctx) }()
+		go func() {
+			// Clients of the services it publishes finish their requests
+			// and hold new ones off first (services[].drain).
+			if err := api.host.Drain(sctx); err != nil {
+				log.Warn("draining before stepping down", "err", err)
+			}
+			done <- n.StepDown(sctx)
+		}()
 		select {
 		case err := <-done:
 			if err != nil {
