@@ -192,14 +192,14 @@ type part struct {
 func (r *Resolver) follow(ctx context.Context, service string, out chan Update) {
 	defer close(out)
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	parts := make(chan part)
 	prefixes := []string{r.keys.Members(), r.keys.Primaries(), r.keys.Endpoints()}
 	var wg sync.WaitGroup
 	for i, p := range prefixes {
 		wg.Go(func() { r.watchPrefix(ctx, i, p, parts) })
 	}
-	// The watchers stop with ctx; so does an outage's checker.
+	// On return: cancel, which stops the watchers and an outage's
+	// checker, and wait for them (deferred calls run last first).
 	defer wg.Wait()
 	defer cancel()
 
@@ -208,7 +208,7 @@ func (r *Resolver) follow(ctx context.Context, service string, out chan Update) 
 	sent := false
 	highest := int64(0)
 	// good is the last valid state read from the store, and api the
-	// address of its primary's node API; out is the checker of an outage.
+	// address of its primary's node API; o runs the checks of an outage.
 	var good Update
 	var api string
 	o := newOutage()
