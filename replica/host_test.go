@@ -38,7 +38,7 @@ type kv struct {
 	failMonitor bool
 	// demotedUnder is the primary the last Demote named.
 	demotedUnder string
-	log         []string
+	log          []string
 	// journal is shared by a member's providers: the order of actions
 	// across services.
 	journal *journal
