@@ -145,14 +145,17 @@ func TestHandoverDrainsTheEndpoint(t *testing.T) {
 	}
 }
 
-// TestDrainBeforeStepDown: Drain marks the endpoint of each service the
-// node is primary of draining and waits for the drain, with the node
-// still primary; stepping down then hands the service on.
-func TestDrainBeforeStepDown(t *testing.T) {
+// TestPrepareStepDown: PrepareStepDown marks the endpoint of each service
+// the node is primary of draining, waits for the drain with the node
+// still primary, and sends a last checkpoint; stepping down then hands the
+// service on with every write.
+func TestPrepareStepDown(t *testing.T) {
 	const drain = 300 * time.Millisecond
 	c := newCluster(t)
 	for _, id := range []string{"a", "b"} {
-		c.start(id, svc{name: "db", tune: func(s *replica.ServiceSpec) { s.Drain = drain }})
+		// No periodic checkpoint after the first: only the last one can
+		// carry the write below.
+		c.start(id, svc{name: "db", tune: func(s *replica.ServiceSpec) { s.Drain, s.CheckpointInterval = drain, time.Hour }})
 	}
 	prim, _ := c.settled("db", 1)
 	r, err := client.New(c.srv.Client("client"), "concord/")
@@ -166,15 +169,16 @@ func TestDrainBeforeStepDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	token, _ := c.members[prim].node.Fence("db")
+	c.members[prim].prov["db"].put("written", "before the step-down")
 	began := time.Now()
-	if err := c.members[prim].host.Drain(context.Background()); err != nil {
-		t.Fatalf("Drain: %v", err)
+	if err := c.members[prim].host.PrepareStepDown(context.Background()); err != nil {
+		t.Fatalf("PrepareStepDown: %v", err)
 	}
 	if d := time.Since(began); d < drain {
-		t.Fatalf("Drain returned after %v, before the drain of %v", d, drain)
+		t.Fatalf("PrepareStepDown returned after %v, before the drain of %v", d, drain)
 	}
 	if tk, err := c.members[prim].node.Fence("db"); err != nil || tk != token {
-		t.Fatalf("after Drain the node holds token %d, %v; want it still primary with %d", tk, err, token)
+		t.Fatalf("after PrepareStepDown the node holds token %d, %v; want it still primary with %d", tk, err, token)
 	}
 	sawDrain := false
 	deadline := time.After(20 * ttl)
@@ -191,17 +195,21 @@ func TestDrainBeforeStepDown(t *testing.T) {
 	if err := c.members[prim].node.StepDown(sctx); err != nil {
 		t.Fatalf("StepDown: %v", err)
 	}
-	for {
+	var next string
+	for next == "" {
 		select {
 		case u := <-updates:
 			if u.Valid {
 				if u.Endpoint.Node == prim || u.Endpoint.Token <= token {
 					t.Fatalf("after the step-down: %+v", u)
 				}
-				return
+				next = u.Endpoint.Node
 			}
 		case <-deadline:
 			t.Fatal("no next primary after the step-down")
 		}
+	}
+	if d, _, _ := c.members[next].prov["db"].snapshot(); d["written"] != "before the step-down" {
+		t.Fatalf("the next primary %s lacks the write made before the step-down: %v", next, d)
 	}
 }

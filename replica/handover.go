@@ -110,26 +110,31 @@ func (h *Host) handOver(ctx context.Context, s *hosted, ev core.Event, to string
 	return h.node.Resign(ctx, service)
 }
 
-// Drain marks the endpoint of every service this node serves as primary
-// draining, and waits the longest of their Drain (or until ctx ends), so
-// that clients finish what they started and hold their new connections
-// off before the node steps down (concord run does this on SIGTERM). The
-// services stay primary here: the caller resigns them after. It returns
-// at once when none publishes an endpoint. A service whose record cannot
-// be written is skipped, and its error returned after the wait.
-func (h *Host) Drain(ctx context.Context) error {
-	if h.cfg.Store == nil {
-		return nil
-	}
+// PrepareStepDown readies the services this node serves as primary for
+// a step-down (concord run calls it on SIGTERM, before core.Node.StepDown):
+// it marks the endpoint of each that publishes one draining and waits
+// the longest of their Drain (or until ctx ends), so that clients finish
+// what they started and hold their new connections off; then it sends
+// each a last checkpoint, so that the secondary that takes over holds
+// every write made until then. The services stay primary here: the caller
+// resigns them after. Errors (a record that cannot be written, a
+// checkpoint that fails) do not stop the others, and are returned
+// together at the end.
+func (h *Host) PrepareStepDown(ctx context.Context) error {
 	var wait time.Duration
 	var errs []error
+	var primaries []*hosted
 	for _, s := range h.svcs {
 		ev, role := s.state()
-		if s.spec.Endpoint == "" || s.spec.Drain <= 0 || ev.Role != core.RolePrimary || role != core.RolePrimary {
+		if ev.Role != core.RolePrimary || role != core.RolePrimary {
+			continue
+		}
+		primaries = append(primaries, s)
+		if s.spec.Endpoint == "" || s.spec.Drain <= 0 || h.cfg.Store == nil {
 			continue
 		}
 		if err := h.writeEndpoint(ctx, s, ev, s.spec.Drain); err != nil {
-			errs = append(errs, fmt.Errorf("%q: %w", s.spec.Name, err))
+			errs = append(errs, fmt.Errorf("draining %q: %w", s.spec.Name, err))
 			continue
 		}
 		wait = max(wait, s.spec.Drain)
@@ -140,8 +145,20 @@ func (h *Host) Drain(ctx context.Context) error {
 		select {
 		case <-t.C:
 		case <-ctx.Done():
-			errs = append(errs, ctx.Err())
+			return errors.Join(append(errs, ctx.Err())...)
 		}
+	}
+	for _, s := range primaries {
+		ev, role := s.state()
+		if s.spec.Provider == nil || ev.Role != core.RolePrimary || role != core.RolePrimary {
+			continue
+		}
+		seq, acked, err := h.cycle(ctx, s, ev, "")
+		if err != nil {
+			errs = append(errs, fmt.Errorf("last checkpoint of %q: %w", s.spec.Name, err))
+			continue
+		}
+		h.log.Info("last checkpoint before stepping down", "service", s.spec.Name, "seq", seq, "acks", len(acked))
 	}
 	return errors.Join(errs...)
 }

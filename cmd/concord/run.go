@@ -213,9 +213,10 @@ func runNode(ctx context.Context, f *config.File, log *slog.Logger, sigs <-chan 
 		done := make(chan error, 1)
 		go func() {
 			// Clients of the services it publishes finish their requests
-			// and hold new ones off first (services[].drain).
-			if err := api.host.Drain(sctx); err != nil {
-				log.Warn("draining before stepping down", "err", err)
+			// and hold new ones off first (services[].drain); then each
+			// service sends its secondaries a last checkpoint.
+			if err := api.host.PrepareStepDown(sctx); err != nil {
+				log.Warn("preparing the step-down", "err", err)
 			}
 			done <- n.StepDown(sctx)
 		}()
