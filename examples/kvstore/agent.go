@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -459,9 +460,15 @@ func (a *agent) checkpoint(ctx context.Context) int {
 	return exitOK
 }
 
-// restore streams a state from stdin into the daemon.
+// restore streams a state from stdin into the daemon, and tells it which
+// node is the primary that sent it (CONCORD_PRIMARY), so that the daemon
+// can name it to clients whose writes it refuses.
 func (a *agent) restore(ctx context.Context) int {
-	return a.adminCall(ctx, http.MethodPut, "/admin/state", io.NopCloser(a.stdin))
+	path := "/admin/state"
+	if p := a.getenv("CONCORD_PRIMARY"); p != "" {
+		path += "?primary=" + url.QueryEscape(p)
+	}
+	return a.adminCall(ctx, http.MethodPut, path, io.NopCloser(a.stdin))
 }
 
 // adminCall sends one admin request and maps its status to 0 or 1.

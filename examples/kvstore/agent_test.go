@@ -80,14 +80,17 @@ func TestAgentLifecycle(t *testing.T) {
 	// A second instance takes the checkpoint.
 	b := newTestNode(t, "n2")
 	b.mustAgent(exitOK, "start", nil)
-	b.mustAgent(exitOK, "restore", strings.NewReader(ckpt), "CONCORD_SEQ=1", "CONCORD_ROLE=secondary")
+	b.mustAgent(exitOK, "restore", strings.NewReader(ckpt), "CONCORD_SEQ=1", "CONCORD_ROLE=secondary", "CONCORD_PRIMARY=n1")
 	if got := b.list(); !maps.Equal(got, want) {
 		t.Fatalf("restored keys %v, want %v", got, want)
 	}
-	if h := b.health(); h.Role != roleSpare || h.Version != 4 || h.Token != 5 {
-		t.Fatalf("restored health %+v, want spare, version 4, token 5", h)
+	if h := b.health(); h.Role != roleSpare || h.Version != 4 || h.Token != 5 || h.Primary != "n1" {
+		t.Fatalf("restored health %+v, want spare, version 4, token 5, primary n1 (the sender)", h)
 	}
-	b.mustDo(http.StatusServiceUnavailable, "PUT", "/kv/colour", "red")
+	// A refused write names the primary the checkpoint came from.
+	if body := b.mustDo(http.StatusServiceUnavailable, "PUT", "/kv/colour", "red"); !strings.Contains(body, "n1") {
+		t.Fatalf("the refusal %q does not name the primary n1", body)
+	}
 
 	// States of older tokens are refused, and leave the state alone.
 	old := `{"version":9,"token":3,"epoch":1,"data":{"colour":"stale"}}`

@@ -483,6 +483,15 @@ func (s *server) handlePutState(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	// The primary that sent the state, if the agent says: the daemon names
+	// it when it refuses a write.
+	if p := r.URL.Query().Get("primary"); p != "" {
+		s.mu.Lock()
+		if s.role != rolePrimary {
+			s.primary = p
+		}
+		s.mu.Unlock()
+	}
 	s.handleHealth(w, r)
 }
 
