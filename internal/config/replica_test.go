@@ -777,6 +777,21 @@ func TestProxies(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("ProxyConfigs = %+v, want %+v", got, want)
 	}
+	if w := f.Warnings(); len(w) != 0 {
+		t.Fatalf("warnings for a good file: %v", w)
+	}
+	// A hold no longer than the drain of a service this node publishes
+	// would close the connections held through a switchover.
+	short := "node: {id: a}\nservices: [{name: db, endpoint: 127.0.0.1:5432, drain: 3s}]\nproxies:\n  - service: db\n    listen: 127.0.0.1:15433\n    hold_timeout: 3s\n"
+	if err := os.WriteFile(path, []byte(short), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if f, err = LoadEnv(path, nil); err != nil {
+		t.Fatal(err)
+	}
+	if w := strings.Join(f.Warnings(), "\n"); !strings.Contains(w, "proxies[0].hold_timeout: 3s is not longer than services[0].drain 3s") {
+		t.Fatalf("warnings %q, want one about proxies[0].hold_timeout", w)
+	}
 	for bad, wants := range map[string][]string{
 		"node: {id: a}\nservices: [{name: db}]\nproxies:\n  - service: bad/name\n    listen: nowhere\n  - service: db\n    listen: 127.0.0.1:1\n    hold_timeout: -1s\n  - {service: db, listen: 127.0.0.1:1}\n": {
 			"proxies[0].service", `proxies[0].listen: "nowhere" is not host:port`, "proxies[1].hold_timeout: is -1s",

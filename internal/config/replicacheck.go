@@ -445,6 +445,17 @@ func (f *File) replicaWarnings(warn func(field, format string, args ...any)) {
 			warn(fmt.Sprintf("services[%d].agent.timeouts.monitor", i), "%v is not shorter than services[%d].monitor_interval %v: a slow monitor action would run into the next one, and a hung service is found only after %v; set timeouts.monitor below %v, or raise monitor_interval", m, i, iv, m, iv)
 		}
 	}
+	// A proxy on this node for a service this node publishes holds new
+	// connections through that service's drain and the election after
+	// it; a hold_timeout no longer than the drain would close them first.
+	for i, p := range f.ProxyConfigs() {
+		for j, s := range f.Services {
+			s = s.withDefaults()
+			if s.Name == p.Service && s.Endpoint != "" && *s.Drain > 0 && p.HoldTimeout <= *s.Drain {
+				warn(fmt.Sprintf("proxies[%d].hold_timeout", i), "%v is not longer than services[%d].drain %v: in a switchover, connections held while %q drains would be closed before its next primary serves; raise hold_timeout above the drain plus an election (the default is %v), or lower the drain", p.HoldTimeout, j, *s.Drain, s.Name, DefaultProxyHold)
+			}
+		}
+	}
 	api := f.Node.API
 	if api.Listen != "" && !api.TLS.Enabled() {
 		host, _, err := net.SplitHostPort(api.Listen)
