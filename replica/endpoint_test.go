@@ -11,6 +11,46 @@ import (
 	"github.com/concordha/concord/replica"
 )
 
+// watcher follows db's endpoint through the client package, on a client
+// of the cluster's store of its own, until the test ends.
+type watcher struct {
+	t       *testing.T
+	r       *client.Resolver
+	updates <-chan client.Update
+}
+
+func watchDB(t *testing.T, c *cluster) *watcher {
+	t.Helper()
+	r, err := client.New(c.srv.Client("client"), "concord/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	updates, err := r.Watch(ctx, "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &watcher{t: t, r: r, updates: updates}
+}
+
+// next reads updates until want accepts one, and returns it and when it
+// came; it fails the test after 20 TTLs.
+func (w *watcher) next(what string, want func(client.Update) bool) (client.Update, time.Time) {
+	w.t.Helper()
+	deadline := time.After(20 * ttl)
+	for {
+		select {
+		case u := <-w.updates:
+			if want(u) {
+				return u, time.Now()
+			}
+		case <-deadline:
+			w.t.Fatalf("no update: %s", what)
+		}
+	}
+}
+
 // TestEndpointsFollowThePrimary: the primary publishes its endpoint once
 // promoted; the client package resolves it, and its watch follows the
 // primary to its successor, never back to a lower token.
@@ -20,47 +60,26 @@ func TestEndpointsFollowThePrimary(t *testing.T) {
 		c.start(id, svc{name: "db"})
 	}
 	prim, secs := c.settled("db", 1)
-	r, err := client.New(c.srv.Client("client"), "concord/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	w := watchDB(t, c)
+	ctx := context.Background()
 	token, _ := c.members[prim].node.Fence("db")
 	var ep client.Endpoint
 	eventually(t, 10*ttl, func() error {
-		ep, err = r.Primary(ctx, "db")
+		var err error
+		ep, err = w.r.Primary(ctx, "db")
 		return err
 	})
 	if ep.Node != prim || ep.Address != prim+".example:db" || ep.Token != token {
 		t.Fatalf("Primary = %+v, want %s's endpoint with token %d", ep, prim, token)
 	}
-	updates, err := r.Watch(ctx, "db")
-	if err != nil {
-		t.Fatal(err)
-	}
-	next := func(within time.Duration, want func(client.Update) bool) client.Update {
-		t.Helper()
-		deadline := time.After(within)
-		for {
-			select {
-			case u := <-updates:
-				if want(u) {
-					return u
-				}
-			case <-deadline:
-				t.Fatal("no such update in time")
-			}
-		}
-	}
-	first := next(10*ttl, func(u client.Update) bool { return u.Valid })
+	first, _ := w.next("the primary's endpoint", func(u client.Update) bool { return u.Valid })
 	if first.Endpoint.Node != prim {
 		t.Fatalf("first valid update names %s, want %s", first.Endpoint.Node, prim)
 	}
 
 	c.stop(prim)
 	var seen []string
-	u := next(20*ttl, func(u client.Update) bool {
+	u, _ := w.next("the next primary's endpoint", func(u client.Update) bool {
 		seen = append(seen, fmt.Sprintf("%v %s %d", u.Valid, u.Endpoint.Node, u.Endpoint.Token))
 		if u.Valid && u.Endpoint.Node == prim {
 			t.Fatalf("the watch went back to the stopped primary: %v", seen)
@@ -70,7 +89,7 @@ func TestEndpointsFollowThePrimary(t *testing.T) {
 	if u.Endpoint.Node != secs[0] || u.Endpoint.Token <= first.Endpoint.Token {
 		t.Fatalf("after the primary left: %+v (seen %v), want %s with a token above %d", u, seen, secs[0], first.Endpoint.Token)
 	}
-	if _, err := r.Primary(ctx, "nope"); !errors.Is(err, client.ErrNoPrimary) {
+	if _, err := w.r.Primary(ctx, "nope"); !errors.Is(err, client.ErrNoPrimary) {
 		t.Fatalf("Primary of an unknown service: %v, want ErrNoPrimary", err)
 	}
 }
@@ -85,31 +104,9 @@ func TestHandoverDrainsTheEndpoint(t *testing.T) {
 		c.start(id, svc{name: "db", tune: func(s *replica.ServiceSpec) { s.Drain = drain }})
 	}
 	prim, _ := c.settled("db", 1)
-	r, err := client.New(c.srv.Client("client"), "concord/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	updates, err := r.Watch(ctx, "db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := watchDB(t, c)
+	next := w.next
 	token, _ := c.members[prim].node.Fence("db")
-	next := func(what string, want func(client.Update) bool) (client.Update, time.Time) {
-		t.Helper()
-		deadline := time.After(20 * ttl)
-		for {
-			select {
-			case u := <-updates:
-				if want(u) {
-					return u, time.Now()
-				}
-			case <-deadline:
-				t.Fatalf("no update: %s", what)
-			}
-		}
-	}
 	next("the primary's endpoint", func(u client.Update) bool { return u.Valid && u.Endpoint.Token == token })
 
 	// A switchover to a node that does not exist drains, fails, and
@@ -122,7 +119,7 @@ func TestHandoverDrainsTheEndpoint(t *testing.T) {
 		t.Fatalf("draining update %+v, want %s's endpoint, token %d, drain %v", u, prim, token, drain)
 	}
 	next("published again", func(u client.Update) bool { return u.Valid })
-	if p, err := r.Primary(ctx, "db"); err != nil || p.Node != prim || p.Token != token {
+	if p, err := w.r.Primary(context.Background(), "db"); err != nil || p.Node != prim || p.Token != token {
 		t.Fatalf("after the failed switchover: %+v, %v; want %s with token %d", p, err, prim, token)
 	}
 
@@ -158,16 +155,7 @@ func TestPrepareStepDown(t *testing.T) {
 		c.start(id, svc{name: "db", tune: func(s *replica.ServiceSpec) { s.Drain, s.CheckpointInterval = drain, time.Hour }})
 	}
 	prim, _ := c.settled("db", 1)
-	r, err := client.New(c.srv.Client("client"), "concord/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	updates, err := r.Watch(ctx, "db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := watchDB(t, c)
 	token, _ := c.members[prim].node.Fence("db")
 	c.members[prim].prov["db"].put("written", "before the step-down")
 	began := time.Now()
@@ -180,35 +168,19 @@ func TestPrepareStepDown(t *testing.T) {
 	if tk, err := c.members[prim].node.Fence("db"); err != nil || tk != token {
 		t.Fatalf("after PrepareStepDown the node holds token %d, %v; want it still primary with %d", tk, err, token)
 	}
-	sawDrain := false
-	deadline := time.After(20 * ttl)
-	for !sawDrain {
-		select {
-		case u := <-updates:
-			sawDrain = u.Draining && u.Endpoint.Node == prim && u.Endpoint.Token == token
-		case <-deadline:
-			t.Fatal("no draining update")
-		}
-	}
+	w.next("draining", func(u client.Update) bool {
+		return u.Draining && u.Endpoint.Node == prim && u.Endpoint.Token == token
+	})
 	sctx, scancel := context.WithTimeout(context.Background(), 10*ttl)
 	defer scancel()
 	if err := c.members[prim].node.StepDown(sctx); err != nil {
 		t.Fatalf("StepDown: %v", err)
 	}
-	var next string
-	for next == "" {
-		select {
-		case u := <-updates:
-			if u.Valid {
-				if u.Endpoint.Node == prim || u.Endpoint.Token <= token {
-					t.Fatalf("after the step-down: %+v", u)
-				}
-				next = u.Endpoint.Node
-			}
-		case <-deadline:
-			t.Fatal("no next primary after the step-down")
-		}
+	after, _ := w.next("the next primary's endpoint", func(u client.Update) bool { return u.Valid })
+	if after.Endpoint.Node == prim || after.Endpoint.Token <= token {
+		t.Fatalf("after the step-down: %+v", after)
 	}
+	next := after.Endpoint.Node
 	if d, _, _ := c.members[next].prov["db"].snapshot(); d["written"] != "before the step-down" {
 		t.Fatalf("the next primary %s lacks the write made before the step-down: %v", next, d)
 	}
