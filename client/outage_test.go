@@ -14,6 +14,7 @@ import (
 	"github.com/concordha/concord/backends/memory"
 	"github.com/concordha/concord/client"
 	"github.com/concordha/concord/core"
+	"github.com/concordha/concord/internal/poll"
 	"github.com/concordha/concord/internal/recordfix"
 )
 
@@ -86,23 +87,7 @@ func watchPrimary(t *testing.T, srv *memory.Server, opts client.Options) <-chan 
 // it came.
 func await(t *testing.T, updates <-chan client.Update, within time.Duration, what string, want func(client.Update) bool) (client.Update, time.Time) {
 	t.Helper()
-	deadline := time.NewTimer(within)
-	defer deadline.Stop()
-	var seen []string
-	for {
-		select {
-		case u, ok := <-updates:
-			if !ok {
-				t.Fatalf("%s: the watch ended (seen %v)", what, seen)
-			}
-			if want(u) {
-				return u, time.Now()
-			}
-			seen = append(seen, fmt.Sprintf("%v %d %q", u.Valid, u.Endpoint.Token, u.Why))
-		case <-deadline.C:
-			t.Fatalf("%s: no such update within %v (seen %v)", what, within, seen)
-		}
-	}
+	return poll.Receive(t, updates, within, what, want)
 }
 
 // TestOutageKeepsTheProvenPrimary: while the store cannot be watched, the

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/concordha/concord/client"
+	"github.com/concordha/concord/internal/poll"
 	"github.com/concordha/concord/replica"
 )
 
@@ -38,17 +39,7 @@ func watchDB(t *testing.T, c *cluster) *watcher {
 // came; it fails the test after 20 TTLs.
 func (w *watcher) next(what string, want func(client.Update) bool) (client.Update, time.Time) {
 	w.t.Helper()
-	deadline := time.After(20 * ttl)
-	for {
-		select {
-		case u := <-w.updates:
-			if want(u) {
-				return u, time.Now()
-			}
-		case <-deadline:
-			w.t.Fatalf("no update: %s", what)
-		}
-	}
+	return poll.Receive(w.t, w.updates, 20*ttl, what, want)
 }
 
 // TestEndpointsFollowThePrimary: the primary publishes its endpoint once

@@ -32,3 +32,27 @@ func Every(t testing.TB, tick, timeout time.Duration, what string, cond func() e
 		<-tk.C
 	}
 }
+
+// Receive reads ch until want accepts a value, and returns it and when it
+// came. It fails t, with what and the last value refused, if within
+// passes first or ch closes.
+func Receive[T any](t testing.TB, ch <-chan T, within time.Duration, what string, want func(T) bool) (T, time.Time) {
+	t.Helper()
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	var last any = "nothing"
+	for {
+		select {
+		case v, ok := <-ch:
+			if !ok {
+				t.Fatalf("%s: the channel closed (last refused: %+v)", what, last)
+			}
+			if want(v) {
+				return v, time.Now()
+			}
+			last = v
+		case <-deadline.C:
+			t.Fatalf("%s: nothing within %v (last refused: %+v)", what, within, last)
+		}
+	}
+}
