@@ -85,6 +85,16 @@ func (c *cluster) except(n *kvNode) []*kvNode {
 	return out
 }
 
+// spare returns the node that is neither p nor the node called sec.
+func (c *cluster) spare(p *kvNode, sec string) *kvNode {
+	for _, n := range c.except(p) {
+		if n.id != sec {
+			return n
+		}
+	}
+	return nil
+}
+
 // roster reads kv's roster from the store.
 func (c *cluster) roster() (core.RosterRecord, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -232,12 +232,7 @@ func BenchmarkSwitchoverUnderLoad(b *testing.B) {
 	round := 0
 	for b.Loop() {
 		p, sec := c.primary(b, c.nodes)
-		var s *kvNode
-		for _, n := range c.except(p) {
-			if n.id != sec {
-				s = n
-			}
-		}
+		s := c.spare(p, sec)
 		via := []*kvNode{s}
 		before := proxyCounters(b, via)
 		l := startLoad(b, via, fmt.Sprintf("sw-%d-", round))

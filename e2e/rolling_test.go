@@ -19,12 +19,7 @@ func TestRollingRestartUnderLoad(t *testing.T) {
 	}
 	c := startCluster(t)
 	p, sec := c.primary(t, c.nodes)
-	var s *kvNode
-	for _, n := range c.except(p) {
-		if n.id != sec {
-			s = n
-		}
-	}
+	s := c.spare(p, sec)
 	via := []*kvNode{s}
 	before := proxyCounters(t, via)
 	l := startLoad(t, via, "rolling-")
