@@ -113,6 +113,9 @@ func describe(w io.Writer, f *config.File) {
 		} else {
 			fmt.Fprint(w, ", election only")
 		}
+		if r := rc.Services[i]; r.Endpoint != "" {
+			fmt.Fprintf(w, ", publishes %s, drains %v in a switchover", r.Endpoint, r.Drain)
+		}
 		fmt.Fprintln(w, ")")
 	}
 	for _, p := range f.ProxyConfigs() {
