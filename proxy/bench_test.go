@@ -11,8 +11,7 @@ import (
 func BenchmarkProxyOverhead(b *testing.B) {
 	a := startEcho(b, "")
 	r := startProxy(b, waitFor)
-	r.src.push(b, a.endpoint("n1", 1))
-	r.waitCurrent(b, "endpoint", func(u Update) bool { return u.Valid })
+	r.use(b, a.endpoint("n1", 1))
 
 	direct, err := net.Dial("tcp", a.addr())
 	if err != nil {

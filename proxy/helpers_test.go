@@ -268,6 +268,13 @@ func (r *running) waitStats(t testing.TB, what string, cond func(Stats) bool) {
 	})
 }
 
+// use pushes u into the source and waits until the proxy acts on it.
+func (r *running) use(t testing.TB, u Update) {
+	t.Helper()
+	r.src.push(t, u)
+	r.waitCurrent(t, fmt.Sprintf("the proxy acting on %+v", u), func(cur Update) bool { return cur == u })
+}
+
 // waitCurrent polls until the proxy acts on an update that cond accepts.
 func (r *running) waitCurrent(t testing.TB, what string, cond func(Update) bool) {
 	t.Helper()

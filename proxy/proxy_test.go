@@ -67,8 +67,7 @@ func TestRunListenErrorAndOnce(t *testing.T) {
 func TestForwardsAndHalfCloses(t *testing.T) {
 	a := startEcho(t, "")
 	r := startProxy(t, time.Second)
-	r.src.push(t, a.endpoint("n1", 1))
-	r.waitCurrent(t, "endpoint a", func(u Update) bool { return u.Valid })
+	r.use(t, a.endpoint("n1", 1))
 
 	c := r.dial(t)
 	roundTrip(t, c, "hello")
@@ -95,8 +94,7 @@ func TestForwardsAndHalfCloses(t *testing.T) {
 func TestHeldWhileInvalidThenForwarded(t *testing.T) {
 	a := startEcho(t, "")
 	r := startProxy(t, waitFor)
-	r.src.push(t, Update{Why: "election running"})
-	r.waitCurrent(t, "invalid", func(u Update) bool { return !u.Valid && u.Why == "election running" })
+	r.use(t, Update{Why: "election running"})
 
 	c := r.dial(t)
 	if _, err := c.Write([]byte("early")); err != nil {
@@ -121,8 +119,7 @@ func TestHeldWhileInvalidThenForwarded(t *testing.T) {
 
 func TestHoldTimeoutCloses(t *testing.T) {
 	r := startProxy(t, 200*time.Millisecond)
-	r.src.push(t, Update{Why: "election running"})
-	r.waitCurrent(t, "invalid", func(u Update) bool { return !u.Valid })
+	r.use(t, Update{Why: "election running"})
 
 	start := time.Now()
 	c := r.dial(t)
@@ -139,8 +136,7 @@ func TestHoldTimeoutCloses(t *testing.T) {
 func TestPrimaryReplacedClosesOldConnections(t *testing.T) {
 	a, b := startEcho(t, ""), startEcho(t, "")
 	r := startProxy(t, waitFor)
-	r.src.push(t, a.endpoint("n1", 1))
-	r.waitCurrent(t, "endpoint a", func(u Update) bool { return u.Endpoint.Token == 1 })
+	r.use(t, a.endpoint("n1", 1))
 	old1, old2 := r.dial(t), r.dial(t)
 	roundTrip(t, old1, "one")
 	roundTrip(t, old2, "two")
@@ -164,8 +160,7 @@ func TestPrimaryReplacedClosesOldConnections(t *testing.T) {
 func TestLowerTokenIgnored(t *testing.T) {
 	a, b := startEcho(t, ""), startEcho(t, "")
 	r := startProxy(t, waitFor)
-	r.src.push(t, b.endpoint("n2", 5))
-	r.waitCurrent(t, "endpoint b", func(u Update) bool { return u.Endpoint.Token == 5 })
+	r.use(t, b.endpoint("n2", 5))
 	c := r.dial(t)
 	roundTrip(t, c, "before")
 
@@ -199,8 +194,7 @@ func TestLowerTokenIgnored(t *testing.T) {
 func TestSameTokenNewAddress(t *testing.T) {
 	a, b := startEcho(t, ""), startEcho(t, "")
 	r := startProxy(t, waitFor)
-	r.src.push(t, a.endpoint("n1", 7))
-	r.waitCurrent(t, "endpoint a", func(u Update) bool { return u.Valid })
+	r.use(t, a.endpoint("n1", 7))
 	old := r.dial(t)
 	roundTrip(t, old, "on a")
 
@@ -219,16 +213,13 @@ func TestSameTokenNewAddress(t *testing.T) {
 func TestInvalidKeepsForwardedConnections(t *testing.T) {
 	a := startEcho(t, "")
 	r := startProxy(t, waitFor)
-	r.src.push(t, a.endpoint("n1", 1))
-	r.waitCurrent(t, "endpoint a", func(u Update) bool { return u.Valid })
+	r.use(t, a.endpoint("n1", 1))
 	c := r.dial(t)
 	roundTrip(t, c, "before")
 
-	r.src.push(t, Update{Why: "store lost"})
-	r.waitCurrent(t, "invalid", func(u Update) bool { return !u.Valid })
+	r.use(t, Update{Why: "store lost"})
 	roundTrip(t, c, "during")
-	r.src.push(t, a.endpoint("n1", 1))
-	r.waitCurrent(t, "valid again", func(u Update) bool { return u.Valid })
+	r.use(t, a.endpoint("n1", 1))
 	roundTrip(t, c, "after")
 	if s := r.p.Stats(); s.ClosedOnChange != 0 {
 		t.Fatalf("stats %+v: want nothing closed", s)
@@ -238,8 +229,7 @@ func TestInvalidKeepsForwardedConnections(t *testing.T) {
 func TestDialFailureRetriedWithinHold(t *testing.T) {
 	addr := freeAddr(t)
 	r := startProxy(t, waitFor)
-	r.src.push(t, Update{Valid: true, Endpoint: Endpoint{Node: "n1", Addr: addr, Token: 1}})
-	r.waitCurrent(t, "endpoint", func(u Update) bool { return u.Valid })
+	r.use(t, Update{Valid: true, Endpoint: Endpoint{Node: "n1", Addr: addr, Token: 1}})
 
 	c := r.dial(t)
 	if _, err := c.Write([]byte("waiting")); err != nil {
@@ -260,8 +250,7 @@ func TestDialFailureRetriedWithinHold(t *testing.T) {
 func TestDialFailureExpires(t *testing.T) {
 	addr := freeAddr(t)
 	r := startProxy(t, 200*time.Millisecond)
-	r.src.push(t, Update{Valid: true, Endpoint: Endpoint{Node: "n1", Addr: addr, Token: 1}})
-	r.waitCurrent(t, "endpoint", func(u Update) bool { return u.Valid })
+	r.use(t, Update{Valid: true, Endpoint: Endpoint{Node: "n1", Addr: addr, Token: 1}})
 	c := r.dial(t)
 	expectClosed(t, c, waitFor)
 	r.waitStats(t, "expired", func(s Stats) bool { return s.Expired == 1 && s.Forwarded == 0 })
@@ -273,12 +262,10 @@ func TestDialFailureExpires(t *testing.T) {
 func TestCancelClosesEverything(t *testing.T) {
 	a := startEcho(t, "")
 	r := startProxy(t, waitFor)
-	r.src.push(t, a.endpoint("n1", 1))
-	r.waitCurrent(t, "endpoint", func(u Update) bool { return u.Valid })
+	r.use(t, a.endpoint("n1", 1))
 	fwd := r.dial(t)
 	roundTrip(t, fwd, "hi")
-	r.src.push(t, Update{Why: "election running"})
-	r.waitCurrent(t, "invalid", func(u Update) bool { return !u.Valid })
+	r.use(t, Update{Why: "election running"})
 	held := r.dial(t)
 	r.waitStats(t, "held", func(s Stats) bool { return s.Held == 1 })
 
@@ -298,8 +285,7 @@ func TestCancelClosesEverything(t *testing.T) {
 func TestSourceStopsMeansInvalid(t *testing.T) {
 	a := startEcho(t, "")
 	r := startProxy(t, 200*time.Millisecond)
-	r.src.push(t, a.endpoint("n1", 1))
-	r.waitCurrent(t, "endpoint", func(u Update) bool { return u.Valid })
+	r.use(t, a.endpoint("n1", 1))
 	close(r.src.stop)
 	r.waitCurrent(t, "invalid", func(u Update) bool { return !u.Valid && u.Why == "endpoint source stopped" })
 	c := r.dial(t)
@@ -392,8 +378,7 @@ func TestDrainClosesAtRestThenTheRest(t *testing.T) {
 	next := startEcho(t, "")
 	r := startProxy(t, waitFor)
 	first := Endpoint{Node: "n1", Addr: startSink(t), Epoch: 1, Token: 1}
-	r.src.push(t, Update{Valid: true, Endpoint: first})
-	r.waitCurrent(t, "the first primary", func(u Update) bool { return u.Valid })
+	r.use(t, Update{Valid: true, Endpoint: first})
 	idle, busy := r.dial(t), r.dial(t)
 	if _, err := busy.Write([]byte("a request the primary works on")); err != nil {
 		t.Fatal(err)
@@ -432,8 +417,7 @@ func TestDrainClosesAtRestThenTheRest(t *testing.T) {
 func TestDrainEndsWhenThePrimaryStays(t *testing.T) {
 	r := startProxy(t, waitFor)
 	prim := Endpoint{Node: "n1", Addr: startSink(t), Epoch: 1, Token: 1}
-	r.src.push(t, Update{Valid: true, Endpoint: prim})
-	r.waitCurrent(t, "the primary", func(u Update) bool { return u.Valid })
+	r.use(t, Update{Valid: true, Endpoint: prim})
 	busy := r.dial(t)
 	if _, err := busy.Write([]byte("in flight")); err != nil {
 		t.Fatal(err)
