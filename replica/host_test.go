@@ -313,6 +313,17 @@ func eventually(t testing.TB, within time.Duration, cond func() error) {
 	poll.Eventually(t, within, "condition", cond)
 }
 
+// spare returns a running member that is neither prim nor sec.
+func (c *cluster) spare(prim, sec string) string {
+	for id := range c.members {
+		if id != prim && id != sec {
+			return id
+		}
+	}
+	c.t.Fatalf("no member besides %s and %s", prim, sec)
+	return ""
+}
+
 // settled waits until one member's provider serves svc as primary and
 // the roster holds want live secondaries that applied the primary's
 // state; it returns the primary and the secondaries.
@@ -467,12 +478,7 @@ func TestHandoverToNode(t *testing.T) {
 		c.start(id, svc{name: "db"})
 	}
 	prim, secs := c.settled("db", 1)
-	var spare string
-	for id := range c.members {
-		if id != prim && id != secs[0] {
-			spare = id
-		}
-	}
+	spare := c.spare(prim, secs[0])
 	c.members[prim].prov["db"].put("last", "write")
 	if err := c.members[prim].host.Handover(context.Background(), "db", spare); err != nil {
 		t.Fatalf("Handover to %s: %v", spare, err)

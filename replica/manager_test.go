@@ -61,12 +61,7 @@ func TestManagerRunsSwitchovers(t *testing.T) {
 		c.start(id, svc{name: "db"}, managerSvc(time.Hour))
 	}
 	prim, secs := c.settled("db", 1)
-	var spare string
-	for id := range c.members {
-		if id != prim && id != secs[0] {
-			spare = id
-		}
-	}
+	spare := c.spare(prim, secs[0])
 	c.members[prim].prov["db"].put("k", "v")
 	rec := c.request("db", spare)
 	if rec.State != replica.SwitchoverDone || rec.Primary != spare {
